@@ -1,0 +1,3 @@
+"""pacsvault: a secure-by-default PACS."""
+
+__version__ = "0.1.0"
