@@ -1,0 +1,161 @@
+"""Settings: one validated model, read from ``pacsvault.toml`` in the data directory.
+
+Every option has a safe default; the file written by ``pacsvault init`` documents
+each one. Loading refuses unknown keys and bad values with a message that names
+the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SETTINGS_FILE = "pacsvault.toml"
+DEFAULT_DATA_DIR = "./pacsvault-data"
+
+
+class DuplicatePolicy(StrEnum):
+    """What C-STORE does with a SOP Instance UID that is already stored with other content."""
+
+    KEEP_FIRST = "keep-first"  # keep the stored copy, answer with a warning
+    REPLACE = "replace"  # store the new copy in place of the old one
+    REJECT = "reject"  # refuse the new copy with a failure status
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DicomSettings(_Section):
+    """The DIMSE listener."""
+
+    ae_title: str = Field(default="PACSVAULT", min_length=1, max_length=16)
+    bind: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=1, le=65535)
+    cleartext_networks: list[str] = Field(default_factory=list)
+    max_associations: int = Field(default=32, ge=1, le=1000)
+    max_pdu: int = Field(default=0, ge=0)
+    network_timeout: float = Field(default=60.0, gt=0)
+    acse_timeout: float = Field(default=30.0, gt=0)
+    dimse_timeout: float = Field(default=60.0, gt=0)
+    duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
+    max_find_results: int = Field(default=0, ge=0)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, v: str) -> str:
+        v = v.strip()
+        if not v or "\\" in v or any(ord(c) < 0x20 or ord(c) > 0x7E for c in v):
+            raise ValueError("an AE title is 1-16 printable ASCII characters without backslash")
+        return v
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+    @field_validator("cleartext_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            ipaddress.ip_network(net, strict=False)
+        return v
+
+
+class StorageSettings(_Section):
+    """Index and blob store."""
+
+    index_url: str = ""  # empty: SQLite file in the data directory
+    blob_dir: str = "blobs"  # relative to the data directory
+    fsync: bool = True
+
+
+class Settings(_Section):
+    """All of pacsvault's settings."""
+
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+
+
+class SettingsError(Exception):
+    """The settings file is missing or invalid; the message says which key and why."""
+
+
+def is_loopback(address: str) -> bool:
+    """True when *address* is a loopback address."""
+    return ipaddress.ip_address(address).is_loopback
+
+
+def resolve_data_dir(arg: str | None) -> Path:
+    """The data directory: the ``--data`` flag, else PACSVAULT_DATA, else the default."""
+    return Path(arg or os.environ.get("PACSVAULT_DATA") or DEFAULT_DATA_DIR).resolve()
+
+
+def load_settings(data_dir: Path) -> Settings:
+    """Read and validate ``pacsvault.toml`` in *data_dir*."""
+    path = data_dir / SETTINGS_FILE
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(
+            f"{path} not found: run 'pacsvault --data {data_dir} init' first"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: {exc}") from None
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise SettingsError(f"{path}: {problems}") from None
+
+
+def settings_template(ae_title: str) -> str:
+    """The documented settings file written by ``pacsvault init``."""
+    d = DicomSettings()
+    return f'''# pacsvault settings. Every option is shown with its default.
+# Changes take effect at the next `pacsvault serve`.
+
+[dicom]
+# Our AE title: associations calling any other title are rejected.
+ae_title = "{ae_title}"
+# Address the DICOM listener binds to. Loopback until you choose otherwise.
+bind = "{d.bind}"
+port = {d.port}
+# Cleartext (non-TLS) DICOM is refused on a non-loopback address unless the
+# networks it may come from are listed here, e.g. ["10.1.2.0/24"].
+# Associations from outside these networks are rejected.
+cleartext_networks = []
+# Simultaneous associations; more are rejected (local limit exceeded).
+max_associations = {d.max_associations}
+# Largest PDU we receive; 0 means unlimited (fastest for large images).
+max_pdu = {d.max_pdu}
+# Seconds of silence before an association is dropped.
+network_timeout = {d.network_timeout}
+acse_timeout = {d.acse_timeout}
+dimse_timeout = {d.dimse_timeout}
+# A SOP Instance UID that is already stored, sent again with different content:
+#   "keep-first" keeps the stored copy and answers with warning 0xB006,
+#   "replace" stores the new copy in its place, "reject" refuses it with 0x0111
+#   (duplicate SOP instance). An identical copy is always answered with success.
+duplicate_policy = "{d.duplicate_policy.value}"
+# Cap on C-FIND matches per query (0: no cap). Matches past the cap are not sent
+# and the query ends with failure 0xA700 (out of resources).
+max_find_results = {d.max_find_results}
+
+[storage]
+# SQLAlchemy URL of the index; empty means index.sqlite in the data directory.
+# For scale-out: "postgresql+psycopg://user@host/pacsvault".
+index_url = ""
+# Directory of the blob store, relative to the data directory.
+blob_dir = "blobs"
+# fsync every object and directory before answering success. Turn off only for tests.
+fsync = true
+'''

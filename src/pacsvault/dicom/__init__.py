@@ -1,0 +1,1 @@
+"""Pure DICOM knowledge over pydicom datasets: no I/O, no storage, no network."""

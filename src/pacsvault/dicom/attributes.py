@@ -1,0 +1,224 @@
+"""The attributes pacsvault indexes at each query/retrieve level.
+
+The table follows PS3.4 Annex C.6 (Patient Root and Study Root information
+models): the unique and required keys of each level plus the optional keys that
+workstations commonly ask for, and the derived counts the archive computes
+itself. Storage builds its schema from this table and C-FIND/QIDO answer from it,
+so adding an attribute here makes it stored, matchable and returnable at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+class Level(StrEnum):
+    """A query/retrieve level, in hierarchy order."""
+
+    PATIENT = "PATIENT"
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+
+    @property
+    def depth(self) -> int:
+        """0 for PATIENT up to 3 for IMAGE."""
+        return list(Level).index(self)
+
+
+class Kind(StrEnum):
+    """How values of an attribute are matched (PS3.4 C.2.2.2)."""
+
+    UID = "uid"  # single value or UID list
+    TEXT = "text"  # single value or wildcard, case-sensitive
+    NAME = "name"  # person name: single value or wildcard, case-insensitive
+    DATE = "date"  # single value or range
+    TIME = "time"  # single value or range
+    NUMBER = "number"  # single value (IS, US)
+    COUNT = "count"  # derived by the archive; universal matching only
+    CODES = "codes"  # derived multi-valued (ModalitiesInStudy, SOPClassesInStudy)
+
+
+@dataclass(frozen=True)
+class IndexAttribute:
+    """One indexed attribute: where it lives and how it matches."""
+
+    keyword: str
+    level: Level
+    kind: Kind
+    unique: bool = False
+
+    @property
+    def tag(self) -> int:
+        """The attribute's tag as an int."""
+        tag = tag_for_keyword(self.keyword)
+        assert tag is not None, self.keyword
+        return tag
+
+    @property
+    def vr(self) -> str:
+        """The attribute's value representation from the data dictionary."""
+        return dictionary_VR(self.tag)
+
+    @property
+    def column(self) -> str:
+        """The index column holding it: the keyword in snake case."""
+        return _CAMEL_BOUNDARY.sub("_", self.keyword).lower()
+
+    @property
+    def derived(self) -> bool:
+        """True when the archive computes the value rather than reading it."""
+        return self.kind in (Kind.COUNT, Kind.CODES)
+
+
+def _attrs(level: Level, *specs: tuple[str, Kind] | tuple[str, Kind, bool]) -> list[IndexAttribute]:
+    return [IndexAttribute(s[0], level, s[1], *s[2:]) for s in specs]
+
+
+PATIENT_ATTRIBUTES = _attrs(
+    Level.PATIENT,
+    ("PatientID", Kind.TEXT, True),
+    ("PatientName", Kind.NAME),
+    ("IssuerOfPatientID", Kind.TEXT),
+    ("PatientBirthDate", Kind.DATE),
+    ("PatientBirthTime", Kind.TIME),
+    ("PatientSex", Kind.TEXT),
+    ("EthnicGroup", Kind.TEXT),
+    ("PatientComments", Kind.TEXT),
+    ("NumberOfPatientRelatedStudies", Kind.COUNT),
+    ("NumberOfPatientRelatedSeries", Kind.COUNT),
+    ("NumberOfPatientRelatedInstances", Kind.COUNT),
+)
+
+STUDY_ATTRIBUTES = _attrs(
+    Level.STUDY,
+    ("StudyInstanceUID", Kind.UID, True),
+    ("StudyDate", Kind.DATE),
+    ("StudyTime", Kind.TIME),
+    ("AccessionNumber", Kind.TEXT),
+    ("StudyID", Kind.TEXT),
+    ("StudyDescription", Kind.TEXT),
+    ("ReferringPhysicianName", Kind.NAME),
+    ("NameOfPhysiciansReadingStudy", Kind.NAME),
+    ("InstitutionName", Kind.TEXT),
+    ("PatientAge", Kind.TEXT),
+    ("PatientSize", Kind.TEXT),
+    ("PatientWeight", Kind.TEXT),
+    ("ModalitiesInStudy", Kind.CODES),
+    ("SOPClassesInStudy", Kind.CODES),
+    ("NumberOfStudyRelatedSeries", Kind.COUNT),
+    ("NumberOfStudyRelatedInstances", Kind.COUNT),
+)
+
+SERIES_ATTRIBUTES = _attrs(
+    Level.SERIES,
+    ("SeriesInstanceUID", Kind.UID, True),
+    ("Modality", Kind.TEXT),
+    ("SeriesNumber", Kind.NUMBER),
+    ("SeriesDescription", Kind.TEXT),
+    ("BodyPartExamined", Kind.TEXT),
+    ("SeriesDate", Kind.DATE),
+    ("SeriesTime", Kind.TIME),
+    ("PerformedProcedureStepStartDate", Kind.DATE),
+    ("PerformedProcedureStepStartTime", Kind.TIME),
+    ("Laterality", Kind.TEXT),
+    ("ProtocolName", Kind.TEXT),
+    ("StationName", Kind.TEXT),
+    ("Manufacturer", Kind.TEXT),
+    ("NumberOfSeriesRelatedInstances", Kind.COUNT),
+)
+
+IMAGE_ATTRIBUTES = _attrs(
+    Level.IMAGE,
+    ("SOPInstanceUID", Kind.UID, True),
+    ("SOPClassUID", Kind.UID),
+    ("InstanceNumber", Kind.NUMBER),
+    ("ContentDate", Kind.DATE),
+    ("ContentTime", Kind.TIME),
+    ("AcquisitionDate", Kind.DATE),
+    ("AcquisitionTime", Kind.TIME),
+    ("ImageType", Kind.TEXT),
+    ("Rows", Kind.NUMBER),
+    ("Columns", Kind.NUMBER),
+    ("NumberOfFrames", Kind.NUMBER),
+)
+
+ATTRIBUTES: dict[Level, list[IndexAttribute]] = {
+    Level.PATIENT: PATIENT_ATTRIBUTES,
+    Level.STUDY: STUDY_ATTRIBUTES,
+    Level.SERIES: SERIES_ATTRIBUTES,
+    Level.IMAGE: IMAGE_ATTRIBUTES,
+}
+
+BY_TAG: dict[int, IndexAttribute] = {a.tag: a for attrs in ATTRIBUTES.values() for a in attrs}
+BY_KEYWORD: dict[str, IndexAttribute] = {a.keyword: a for a in BY_TAG.values()}
+
+
+def unique_key(level: Level) -> IndexAttribute:
+    """The unique key of *level* (PatientID, StudyInstanceUID, ...)."""
+    return next(a for a in ATTRIBUTES[level] if a.unique)
+
+
+def attributes_up_to(level: Level) -> Iterator[IndexAttribute]:
+    """Every attribute of *level* and of the levels above it."""
+    for lvl in Level:
+        yield from ATTRIBUTES[lvl]
+        if lvl == level:
+            return
+
+
+def keyword(tag: int) -> str:
+    """Keyword of *tag*, or its hex form for private and unknown tags."""
+    return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _text(ds: Dataset, attr: IndexAttribute) -> str | None:
+    """The value of *attr* in *ds* as index text, or None when absent or unreadable."""
+    try:
+        raw = ds.get(attr.keyword)
+        if raw is None or raw == "":
+            return None
+        if isinstance(raw, list | tuple | MultiValue):
+            value = "\\".join(str(v) for v in raw)
+        else:
+            value = str(raw)
+    except Exception:  # a malformed value is not indexed; the object is still stored
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if attr.kind is Kind.TIME:
+        return normalize_time(value)
+    return value
+
+
+def normalize_time(value: str) -> str:
+    """TM as HHMMSS[.ffffff] without separators, so that text order is time order."""
+    value = value.replace(":", "").strip()
+    main, _, fraction = value.partition(".")
+    main = main.ljust(6, "0")[:6]
+    return f"{main}.{fraction}" if fraction else main
+
+
+def character_set(ds: Dataset) -> str | None:
+    """The dataset's SpecificCharacterSet as stored text (values joined by backslash)."""
+    value = ds.get("SpecificCharacterSet")
+    if not value:
+        return None
+    if isinstance(value, str):
+        return value
+    return "\\".join(str(v) for v in value)
+
+
+def index_values(ds: Dataset, level: Level) -> dict[str, str | None]:
+    """The non-derived attribute values of *level* found in *ds*, keyed by column name."""
+    return {a.column: _text(ds, a) for a in ATTRIBUTES[level] if not a.derived}

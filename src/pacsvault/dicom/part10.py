@@ -1,0 +1,102 @@
+"""The DICOM file format (PS3.10): reading a received dataset and framing it as a file.
+
+pacsvault stores the dataset bytes exactly as received, behind a file meta header
+it writes itself; these helpers parse the bytes (for indexing only) and build the
+header.
+"""
+
+from __future__ import annotations
+
+import zlib
+from io import BytesIO
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset, read_preamble
+from pydicom.filewriter import write_file_meta_info
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, generate_uid
+
+from pacsvault import __version__
+
+#: Our implementation class UID: derived deterministically under pydicom's UID root.
+IMPLEMENTATION_CLASS_UID = generate_uid(entropy_srcs=["pacsvault implementation class"])
+IMPLEMENTATION_VERSION_NAME = ("PACSVAULT_" + __version__.replace(".", ""))[:16]
+
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+class NotDicom(ValueError):
+    """The bytes are not a DICOM file or dataset that can be read."""
+
+
+def _not_group_2(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    return tag.group != 2
+
+
+def _at_pixel_data(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    return tag >= 0x7FE00010
+
+
+def split_part10(data: bytes) -> tuple[str, int]:
+    """Return (transfer syntax UID, offset of the dataset) of a Part-10 file's bytes.
+
+    Raises :class:`NotDicom` when there is no ``DICM`` preamble or the meta header
+    has no transfer syntax.
+    """
+    if len(data) < 132 or data[128:132] != b"DICM":
+        raise NotDicom("no DICOM preamble")
+    fp = BytesIO(data)
+    try:
+        read_preamble(fp, False)
+        meta = read_dataset(fp, is_implicit_VR=False, is_little_endian=True, stop_when=_not_group_2)
+        ts = meta.get("TransferSyntaxUID")
+    except Exception as exc:
+        raise NotDicom(f"unreadable file meta information ({type(exc).__name__})") from None
+    if not ts:
+        raise NotDicom("file meta information has no transfer syntax")
+    return str(ts).strip(), fp.tell()
+
+
+def parse_dataset(data: bytes, transfer_syntax: str) -> Dataset:
+    """Parse dataset bytes encoded in *transfer_syntax*, stopping before the pixel data.
+
+    Raises :class:`NotDicom` when pydicom cannot read them or the syntax is unknown.
+    """
+    ts = UID(transfer_syntax)
+    if not ts.is_transfer_syntax:
+        raise NotDicom("unknown transfer syntax")
+    try:
+        if ts.is_deflated:
+            data = zlib.decompress(data, -zlib.MAX_WBITS)
+        ds = read_dataset(
+            BytesIO(data),
+            is_implicit_VR=ts.is_implicit_VR,
+            is_little_endian=ts.is_little_endian,
+            stop_when=_at_pixel_data,
+        )
+        # Touch every top-level element so malformed ones fail here, not later.
+        for elem in ds:
+            _ = elem.value
+    except Exception as exc:
+        raise NotDicom(f"unreadable dataset ({type(exc).__name__})") from None
+    if len(ds) == 0:
+        raise NotDicom("empty dataset")
+    return ds
+
+
+def file_header(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_aet: str | None
+) -> bytes:
+    """Preamble, ``DICM`` and the file meta information group for one stored object."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if source_aet:
+        meta.SourceApplicationEntityTitle = source_aet
+    buf = BytesIO()
+    buf.write(_PREAMBLE)
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    return buf.getvalue()

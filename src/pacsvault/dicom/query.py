@@ -1,0 +1,124 @@
+"""C-FIND identifiers in and out: from a request identifier to conditions, from a row to a response.
+
+Pure functions over pydicom datasets, shared by DIMSE C-FIND/C-GET/C-MOVE (and,
+later, QIDO-RS, which builds the same conditions from URL parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from pacsvault.dicom.attributes import BY_TAG, IndexAttribute, Level, unique_key
+from pacsvault.dicom.matching import Condition, InvalidQuery, parse_condition
+
+SPECIFIC_CHARACTER_SET = 0x00080005
+QUERY_RETRIEVE_LEVEL = 0x00080052
+RETRIEVE_AE_TITLE = 0x00080054
+_NOT_KEYS = {SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL, RETRIEVE_AE_TITLE}
+
+PATIENT_ROOT = "patient"
+STUDY_ROOT = "study"
+
+
+@dataclass
+class Query:
+    """A parsed C-FIND/C-GET/C-MOVE identifier."""
+
+    level: Level
+    conditions: list[tuple[IndexAttribute, Condition]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # keywords of every key sent
+    unsupported: bool = False  # some requested key is not in the index
+
+
+def _raw_text(elem: DataElement) -> str | None:
+    value = elem.value
+    if value is None or value == "":
+        return None
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value)
+    if isinstance(value, bytes):
+        return None  # undecodable or binary: cannot be a matching key
+    return str(value)
+
+
+def parse_identifier(identifier: Dataset, model: str) -> Query:
+    """Read the level and matching keys of a query/retrieve identifier.
+
+    Raises :class:`InvalidQuery` for a missing or wrong level (PATIENT is not a level of
+    the Study Root model) and for key values the matching rules reject.
+    """
+    level_text = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    try:
+        level = Level(level_text)
+    except ValueError:
+        raise InvalidQuery("QueryRetrieveLevel is missing or not a known level") from None
+    if model == STUDY_ROOT and level is Level.PATIENT:
+        raise InvalidQuery("the Study Root model has no PATIENT level")
+    query = Query(level)
+    for elem in identifier:
+        tag = int(elem.tag)
+        if tag in _NOT_KEYS or elem.tag.group in (0x0000, 0x0002):
+            continue
+        attr = BY_TAG.get(tag)
+        query.keys.append(attr.keyword if attr else str(elem.tag))
+        if attr is None or attr.level.depth > level.depth:
+            query.unsupported = True
+            continue
+        if elem.VR == "SQ":
+            continue
+        cond = parse_condition(attr, _raw_text(elem))
+        if cond is not None:
+            query.conditions.append((attr, cond))
+    return query
+
+
+def _value_for(vr: str, text: Any) -> Any:
+    if isinstance(text, int):
+        return str(text) if vr in ("IS", "DS") else text
+    if vr in ("US", "UL", "SS", "SL", "UV", "SV"):
+        return [int(v) for v in str(text).split("\\")] if "\\" in str(text) else int(text)
+    if "\\" in text:
+        return text.split("\\")
+    return text
+
+
+def find_response(
+    identifier: Dataset, query: Query, row: Mapping[str, Any], retrieve_aet: str, model: str
+) -> Dataset:
+    """The response identifier for one matching *row*.
+
+    Every requested key is returned: with the indexed value when the index knows it,
+    empty otherwise. The unique keys of the query level (and, in the Patient Root
+    model, of the levels above) are always included. SpecificCharacterSet is the
+    stored object's, so names come back in the character set they were sent in.
+    """
+    ds = Dataset()
+    charset = row.get("charset")
+    if charset:
+        ds.SpecificCharacterSet = charset.split("\\") if "\\" in charset else charset
+    ds.QueryRetrieveLevel = query.level.value
+    ds.RetrieveAETitle = retrieve_aet
+    for elem in identifier:
+        tag = int(elem.tag)
+        if tag in _NOT_KEYS or elem.tag.group in (0x0000, 0x0002):
+            continue
+        attr = BY_TAG.get(tag)
+        value = row.get(attr.column) if attr and attr.level.depth <= query.level.depth else None
+        vr = elem.VR if elem.VR not in ("UN", None) else (attr.vr if attr else "UN")
+        if value is None or value == "":
+            ds.add_new(tag, vr, [] if vr == "SQ" else None)
+        else:
+            ds.add_new(tag, vr, _value_for(vr, value))
+    top = Level.PATIENT if model == PATIENT_ROOT else Level.STUDY
+    for lvl in Level:
+        if top.depth <= lvl.depth <= query.level.depth:
+            key = unique_key(lvl)
+            if key.tag not in ds and row.get(key.column):
+                ds.add_new(key.tag, key.vr, row[key.column])
+    return ds

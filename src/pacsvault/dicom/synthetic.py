@@ -1,0 +1,160 @@
+"""Synthetic DICOM data: demo studies, test sets and benchmark images. Never real patients.
+
+Names, IDs and dates are made up from a seeded random generator, so a given seed
+always yields the same data set (UIDs are derived from the seed too).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+SOP_CLASS_FOR = {"CT": CT_IMAGE_STORAGE, "MR": MR_IMAGE_STORAGE, "CR": CR_IMAGE_STORAGE}
+
+_FAMILY = ["DOE", "ROE", "MOE", "POE", "LOE", "COE", "HOE", "NOE", "VOE", "ZOE"]
+_GIVEN = ["JANE", "JOHN", "ALEX", "SAM", "KIM", "LEE", "RAY", "MAX", "ROBIN", "JO"]
+_BODY = {"CT": "CHEST", "MR": "HEAD", "CR": "HAND"}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Shape of a synthetic data set."""
+
+    patients: int = 3
+    studies_per_patient: int = 2
+    series_per_study: int = 2
+    instances_per_series: int = 2
+    rows: int = 64
+    columns: int = 64
+    seed: int = 1
+
+
+def image(
+    *,
+    patient_id: str,
+    patient_name: str,
+    birth_date: str,
+    sex: str,
+    study_uid: str,
+    study_date: str,
+    study_time: str,
+    accession: str,
+    study_description: str,
+    series_uid: str,
+    series_number: int,
+    modality: str,
+    instance_number: int,
+    rows: int = 64,
+    columns: int = 64,
+    sop_instance_uid: str | None = None,
+    pixel_seed: int = 0,
+) -> Dataset:
+    """One synthetic 16-bit MONOCHROME2 image with file meta (Explicit VR Little Endian)."""
+    sop_class = SOP_CLASS_FOR.get(modality, CT_IMAGE_STORAGE)
+    sop_instance = sop_instance_uid or generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_instance
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.StudyDate = study_date
+    ds.SeriesDate = study_date
+    ds.ContentDate = study_date
+    ds.StudyTime = study_time
+    ds.SeriesTime = study_time
+    ds.ContentTime = study_time
+    ds.AccessionNumber = accession
+    ds.Modality = modality
+    ds.Manufacturer = "PACSVAULT SYNTHETIC"
+    ds.InstitutionName = "Synthetic Imaging Centre"
+    ds.ReferringPhysicianName = "REFERRER^SYNTHETIC"
+    ds.StudyDescription = study_description
+    ds.SeriesDescription = f"{modality} series {series_number}"
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = birth_date
+    ds.PatientSex = sex
+    ds.BodyPartExamined = _BODY.get(modality, "CHEST")
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = accession[-4:]
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = instance_number
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.WindowCenter = 1024
+    ds.WindowWidth = 2048
+    rng = random.Random(pixel_seed)
+    row = bytes(rng.getrandbits(8) for _ in range(columns * 2))
+    # A gradient with noise: cheap to make, compresses like a real image would not.
+    ds.PixelData = b"".join(row[i % len(row) :] + row[: i % len(row)] for i in range(rows))
+    return ds
+
+
+def data_set(spec: Spec) -> Iterator[Dataset]:
+    """Every instance of a synthetic data set, patient by patient."""
+    rng = random.Random(spec.seed)
+    uid_root = f"pacsvault-synthetic-{spec.seed}"
+    modalities = ["CT", "MR", "CR"]
+    for p in range(spec.patients):
+        family, given = _FAMILY[p % len(_FAMILY)], _GIVEN[(p // len(_FAMILY)) % len(_GIVEN)]
+        patient_id = f"PV{spec.seed:02d}{p:05d}"
+        birth = f"{1940 + rng.randrange(70)}{1 + rng.randrange(12):02d}{1 + rng.randrange(28):02d}"
+        sex = "FM"[p % 2]
+        for s in range(spec.studies_per_patient):
+            study_uid = generate_uid(entropy_srcs=[uid_root, str(p), str(s)])
+            year = 2015 + (p + s) % 10
+            study_date = f"{year}{1 + (p * 3 + s) % 12:02d}{1 + (p + s * 7) % 28:02d}"
+            study_time = f"{8 + (p + s) % 10:02d}{(p * 7 + s) % 60:02d}00"
+            for se in range(spec.series_per_study):
+                modality = modalities[(s + se) % len(modalities)]
+                series_uid = generate_uid(entropy_srcs=[uid_root, str(p), str(s), str(se)])
+                for i in range(spec.instances_per_series):
+                    yield image(
+                        patient_id=patient_id,
+                        patient_name=f"{family}^{given}",
+                        birth_date=birth,
+                        sex=sex,
+                        study_uid=study_uid,
+                        study_date=study_date,
+                        study_time=study_time,
+                        accession=f"A{spec.seed:02d}{p:04d}{s:02d}",
+                        study_description=f"Synthetic study {s + 1}",
+                        series_uid=series_uid,
+                        series_number=se + 1,
+                        modality=modality,
+                        instance_number=i + 1,
+                        rows=spec.rows,
+                        columns=spec.columns,
+                        sop_instance_uid=generate_uid(
+                            entropy_srcs=[uid_root, str(p), str(s), str(se), str(i)]
+                        ),
+                        pixel_seed=hash((spec.seed, p, s, se, i)) & 0xFFFF,
+                    )
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    """*ds* as a Part-10 file."""
+    buf = BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()

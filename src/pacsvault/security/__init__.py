@@ -1,0 +1,1 @@
+"""Identities, peers, the access policy and the audit trail."""

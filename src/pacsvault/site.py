@@ -1,0 +1,91 @@
+"""The composition root: one data directory opened as settings, index, blobs, archive and policy.
+
+Every command builds what it needs from here, so the wiring exists exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pacsvault.config import (
+    SETTINGS_FILE,
+    DicomSettings,
+    Settings,
+    load_settings,
+    settings_template,
+)
+from pacsvault.security.peers import PeerRegistry
+from pacsvault.security.policy import AccessPolicy
+from pacsvault.storage.archive import Archive
+from pacsvault.storage.blobstore import FileBlobStore
+from pacsvault.storage.index import Index
+
+INDEX_FILE = "index.sqlite"
+
+
+class SiteError(Exception):
+    """The data directory cannot be created or opened; the message says why."""
+
+
+def index_url(data_dir: Path, settings: Settings) -> str:
+    return settings.storage.index_url or f"sqlite:///{data_dir / INDEX_FILE}"
+
+
+@dataclass
+class Site:
+    """An opened data directory."""
+
+    data_dir: Path
+    settings: Settings
+    index: Index
+    blobs: FileBlobStore
+    archive: Archive
+    peers: PeerRegistry
+
+    def policy(self) -> AccessPolicy:
+        """The AccessPolicy for this site's DICOM listener."""
+        return AccessPolicy(
+            self.peers,
+            self.settings.dicom.ae_title,
+            self.archive.audit,
+            cleartext_networks=self.settings.dicom.cleartext_networks,
+        )
+
+    def close(self) -> None:
+        self.archive.close()
+        self.index.close()
+
+
+def open_site(data_dir: Path, settings: Settings | None = None) -> Site:
+    """Open an initialised data directory (``settings`` overrides the file, e.g. for flags)."""
+    settings = settings or load_settings(data_dir)
+    index = Index(index_url(data_dir, settings))
+    blobs = FileBlobStore(data_dir / settings.storage.blob_dir, fsync=settings.storage.fsync)
+    blobs.create()
+    index.create()
+    archive = Archive(index, blobs, duplicate_policy=settings.dicom.duplicate_policy)
+    return Site(data_dir, settings, index, blobs, archive, PeerRegistry(index))
+
+
+def init_site(data_dir: Path, ae_title: str) -> Site:
+    """Create a new data directory (mode 0700) with settings (0600), index and blob store."""
+    settings_path = data_dir / SETTINGS_FILE
+    if settings_path.exists():
+        raise SiteError(f"{data_dir} is already initialised")
+    try:
+        DicomSettings(ae_title=ae_title)
+    except ValueError as exc:
+        raise SiteError(f"invalid AE title: {exc.errors()[0]['msg']}") from None  # type: ignore[attr-defined]
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    text = settings_template(ae_title)
+    fd = os.open(settings_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    site = open_site(data_dir)
+    index_file = data_dir / INDEX_FILE
+    if index_file.exists():
+        os.chmod(index_file, 0o600)
+    return site

@@ -1,0 +1,426 @@
+"""The index: one SQL database (SQLite by default, PostgreSQL for scale-out).
+
+All statements are SQLAlchemy Core, so the same code runs on both. Writes go
+through :meth:`Index.record_instance` inside a transaction owned by the caller
+(the group-commit writer); reads stream rows so large result sets never sit in
+memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    event,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.sql import ColumnElement, Select
+
+from pacsvault.dicom.attributes import ATTRIBUTES, IndexAttribute, Kind, Level
+from pacsvault.dicom.matching import AnyOf, Condition, Exact, Range, Wildcard, fold
+from pacsvault.storage import schema as s
+
+
+@dataclass
+class InstanceRecord:
+    """Everything the index keeps about one stored instance, by level."""
+
+    patient: dict[str, str | None]
+    study: dict[str, str | None]
+    series: dict[str, str | None]
+    instance: dict[str, str | None]
+    charset: str | None
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    sha256: str
+    source_aet: str | None = None
+    stored_at: float = field(default_factory=time.time)
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.instance["sop_instance_uid"]  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """Where one indexed instance lives, as needed to retrieve it."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    sha256: str
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (savepoints work)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we answer success
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA case_sensitive_like=ON")  # DICOM text matching is case-sensitive
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    mode = conn.get_execution_options().get("pacsvault_begin", "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that takes the write lock up front (no lock upgrade dead-ends on SQLite)."""
+    with engine.connect() as conn:
+        conn.execution_options(pacsvault_begin="IMMEDIATE")
+        with conn.begin():
+            yield conn
+
+
+def open_engine(url: str) -> Engine:
+    """Create the engine for *url*, configured for durable, concurrent use."""
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=8,
+            max_overflow=16,
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _with_folds(values: Mapping[str, str | None], level: Level) -> dict[str, str | None]:
+    row = dict(values)
+    for attr in ATTRIBUTES[level]:
+        if attr.kind is Kind.NAME:
+            row[s.fold_column(attr)] = fold(values.get(attr.column))
+    return row
+
+
+def _add_code(codes: str | None, code: str | None) -> str | None:
+    """Add *code* to a backslash-joined, sorted set of codes; None when unchanged."""
+    if not code:
+        return None
+    current = codes.split("\\") if codes else []
+    if code in current:
+        return None
+    return "\\".join(sorted([*current, code]))
+
+
+_PATIENT_COUNTS = {
+    "studies": "number_of_patient_related_studies",
+    "series": "number_of_patient_related_series",
+    "instances": "number_of_patient_related_instances",
+}
+
+
+class Index:
+    """The SQL index of patients, studies, series, instances, peers and audit events."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = open_engine(url)
+
+    def create(self) -> None:
+        """Create every table that does not exist yet."""
+        s.metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            if (
+                conn.scalar(select(s.settings_kv.c.value).where(s.settings_kv.c.key == "schema"))
+                is None
+            ):
+                conn.execute(
+                    insert(s.settings_kv).values(key="schema", value=str(s.SCHEMA_VERSION))
+                )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def find_instance(self, conn: Connection, sop_instance_uid: str) -> StoredInstance | None:
+        """The stored instance with this SOP Instance UID, if any."""
+        rows = self._instance_select().where(s.instances.c.sop_instance_uid == sop_instance_uid)
+        row = conn.execute(rows).mappings().first()
+        return _stored(row) if row else None
+
+    def record_instance(self, conn: Connection, rec: InstanceRecord) -> None:
+        """Index *rec* (a new SOP instance) and update every derived count.
+
+        Runs inside the caller's transaction. A study or series that already exists
+        keeps its first-seen attributes; an existing SOP Instance UID violates the
+        unique constraint and raises.
+        """
+        p, st, se, i = s.patients, s.studies, s.series, s.instances
+        patient_id = rec.patient.get("patient_id") or ""
+        patient = conn.execute(select(p.c.pk).where(p.c.patient_id == patient_id)).first()
+        if patient is None:
+            values = _with_folds({**rec.patient, "patient_id": patient_id}, Level.PATIENT)
+            patient_pk = conn.execute(
+                insert(p).values(**values, charset=rec.charset)
+            ).inserted_primary_key[0]
+        else:
+            patient_pk = patient.pk
+
+        sop_class = rec.instance.get("sop_class_uid")
+        modality = rec.series.get("modality")
+        study = conn.execute(
+            select(
+                st.c.pk, st.c.patient_pk, st.c.modalities_in_study, st.c.sop_classes_in_study
+            ).where(st.c.study_instance_uid == rec.study["study_instance_uid"])
+        ).first()
+        new_study = study is None
+        if study is None:
+            values = _with_folds(rec.study, Level.STUDY)
+            study_pk = conn.execute(
+                insert(st).values(
+                    **values,
+                    patient_pk=patient_pk,
+                    charset=rec.charset,
+                    created_at=rec.stored_at,
+                    modalities_in_study=None,
+                    sop_classes_in_study=None,
+                )
+            ).inserted_primary_key[0]
+            modalities = classes = None
+        else:
+            study_pk, patient_pk = study.pk, study.patient_pk
+            modalities, classes = study.modalities_in_study, study.sop_classes_in_study
+
+        serie = conn.execute(
+            select(se.c.pk).where(se.c.series_instance_uid == rec.series["series_instance_uid"])
+        ).first()
+        new_series = serie is None
+        if serie is None:
+            values = _with_folds(rec.series, Level.SERIES)
+            series_pk = conn.execute(
+                insert(se).values(**values, study_pk=study_pk, charset=rec.charset)
+            ).inserted_primary_key[0]
+        else:
+            series_pk = serie.pk
+
+        conn.execute(
+            insert(i).values(
+                **_with_folds(rec.instance, Level.IMAGE),
+                series_pk=series_pk,
+                charset=rec.charset,
+                transfer_syntax_uid=rec.transfer_syntax_uid,
+                blob_key=rec.blob_key,
+                size=rec.size,
+                sha256=rec.sha256,
+                source_aet=rec.source_aet,
+                stored_at=rec.stored_at,
+            )
+        )
+
+        conn.execute(
+            update(se)
+            .where(se.c.pk == series_pk)
+            .values(number_of_series_related_instances=se.c.number_of_series_related_instances + 1)
+        )
+        study_values: dict[str, Any] = {
+            "number_of_study_related_instances": st.c.number_of_study_related_instances + 1
+        }
+        if new_series:
+            study_values["number_of_study_related_series"] = st.c.number_of_study_related_series + 1
+        if (m := _add_code(modalities, modality)) is not None:
+            study_values["modalities_in_study"] = m
+        if (c := _add_code(classes, sop_class)) is not None:
+            study_values["sop_classes_in_study"] = c
+        conn.execute(update(st).where(st.c.pk == study_pk).values(**study_values))
+
+        counts = _PATIENT_COUNTS
+        patient_values: dict[str, Any] = {counts["instances"]: p.c[counts["instances"]] + 1}
+        if new_series:
+            patient_values[counts["series"]] = p.c[counts["series"]] + 1
+        if new_study:
+            patient_values[counts["studies"]] = p.c[counts["studies"]] + 1
+        conn.execute(update(p).where(p.c.pk == patient_pk).values(**patient_values))
+
+    def replace_instance(self, conn: Connection, rec: InstanceRecord) -> None:
+        """Point an existing SOP instance at a new copy (the 'replace' duplicate policy).
+
+        The instance keeps its place in the hierarchy; only its own attributes and
+        storage details change.
+        """
+        conn.execute(
+            update(s.instances)
+            .where(s.instances.c.sop_instance_uid == rec.sop_instance_uid)
+            .values(
+                **_with_folds(rec.instance, Level.IMAGE),
+                charset=rec.charset,
+                transfer_syntax_uid=rec.transfer_syntax_uid,
+                blob_key=rec.blob_key,
+                size=rec.size,
+                sha256=rec.sha256,
+                source_aet=rec.source_aet,
+                stored_at=rec.stored_at,
+            )
+        )
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def _joined(self, level: Level) -> Any:
+        joined: Any = s.patients
+        if level.depth >= 1:
+            joined = joined.join(s.studies, s.studies.c.patient_pk == s.patients.c.pk)
+        if level.depth >= 2:
+            joined = joined.join(s.series, s.series.c.study_pk == s.studies.c.pk)
+        if level.depth >= 3:
+            joined = joined.join(s.instances, s.instances.c.series_pk == s.series.c.pk)
+        return joined
+
+    def _instance_select(self) -> Select:
+        return select(
+            s.studies.c.study_instance_uid,
+            s.series.c.series_instance_uid,
+            s.instances.c.sop_instance_uid,
+            s.instances.c.sop_class_uid,
+            s.instances.c.transfer_syntax_uid,
+            s.instances.c.blob_key,
+            s.instances.c.size,
+            s.instances.c.sha256,
+        ).select_from(self._joined(Level.IMAGE))
+
+    def _clause(self, attr: IndexAttribute, cond: Condition) -> ColumnElement[bool]:
+        table = s.LEVEL_TABLES[attr.level]
+        if attr.kind is Kind.CODES:
+            return self._codes_clause(attr, cond)
+        folded = getattr(cond, "fold", False)
+        col = table.c[s.fold_column(attr)] if folded else table.c[attr.column]
+        match cond:
+            case Exact(value=value):
+                return col == (fold(value) if folded else value)
+            case Wildcard(pattern=pattern):
+                return col.like(_like_pattern(fold(pattern) if folded else pattern), escape="\\")
+            case AnyOf(values=values):
+                return col.in_(values)
+            case Range(low=low, high=high):
+                parts = []
+                if low is not None:
+                    parts.append(col >= low)
+                if high is not None:
+                    parts.append(col <= high)
+                return and_(*parts)
+        raise TypeError(cond)
+
+    def _codes_clause(self, attr: IndexAttribute, cond: Condition) -> ColumnElement[bool]:
+        values = cond.values if isinstance(cond, AnyOf) else ()
+        if attr.keyword == "ModalitiesInStudy":
+            col = s.series.c.modality
+            sub = select(s.series.c.pk).where(s.series.c.study_pk == s.studies.c.pk)
+        else:
+            col = s.instances.c.sop_class_uid
+            sub = (
+                select(s.instances.c.pk)
+                .select_from(s.instances.join(s.series, s.instances.c.series_pk == s.series.c.pk))
+                .where(s.series.c.study_pk == s.studies.c.pk)
+            )
+        matchers = [
+            col.like(_like_pattern(v), escape="\\") if ("*" in v or "?" in v) else col == v
+            for v in values
+        ]
+        from sqlalchemy import or_
+
+        return exists(sub.where(or_(*matchers)))
+
+    def query(
+        self,
+        level: Level,
+        conditions: Iterable[tuple[IndexAttribute, Condition]],
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Iterator[Mapping[str, Any]]:
+        """Stream the rows of *level* matching every condition, with all levels above joined.
+
+        Each row maps column names (of every joined level) to values. The connection is
+        held only while the iterator is being consumed.
+        """
+        tables = [s.LEVEL_TABLES[lvl] for lvl in Level if lvl.depth <= level.depth]
+        columns = []
+        seen: set[str] = set()
+        for table in reversed(tables):  # the deepest level wins charset/pk name clashes
+            for col in table.c:
+                if col.name not in seen:
+                    seen.add(col.name)
+                    columns.append(col)
+        stmt = select(*columns).select_from(self._joined(level))
+        for attr, cond in conditions:
+            if attr.level.depth <= level.depth:
+                stmt = stmt.where(self._clause(attr, cond))
+        stmt = stmt.order_by(s.LEVEL_TABLES[level].c.pk)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        if offset:
+            stmt = stmt.offset(offset)
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=500).execute(stmt)
+            yield from result.mappings()
+
+    def instances_for(
+        self, level: Level, conditions: Iterable[tuple[IndexAttribute, Condition]]
+    ) -> list[StoredInstance]:
+        """Every stored instance under the entities of *level* matching the conditions."""
+        stmt = self._instance_select()
+        for attr, cond in conditions:
+            if attr.level.depth <= level.depth:
+                stmt = stmt.where(self._clause(attr, cond))
+        stmt = stmt.order_by(s.instances.c.pk)
+        with self.engine.connect() as conn:
+            return [_stored(r) for r in conn.execute(stmt).mappings()]
+
+    def statistics(self) -> dict[str, int]:
+        """Counts of patients, studies, series, instances and stored bytes."""
+        with self.engine.connect() as conn:
+            return {
+                "patients": conn.scalar(select(func.count()).select_from(s.patients)) or 0,
+                "studies": conn.scalar(select(func.count()).select_from(s.studies)) or 0,
+                "series": conn.scalar(select(func.count()).select_from(s.series)) or 0,
+                "instances": conn.scalar(select(func.count()).select_from(s.instances)) or 0,
+                "bytes": conn.scalar(select(func.coalesce(func.sum(s.instances.c.size), 0))) or 0,
+            }
+
+    def all_blob_keys(self) -> Iterator[tuple[str, str, int]]:
+        """(SOP Instance UID, blob key, size) of every instance, for consistency checks."""
+        stmt = select(s.instances.c.sop_instance_uid, s.instances.c.blob_key, s.instances.c.size)
+        with self.engine.connect() as conn:
+            yield from conn.execute(stmt).tuples()
+
+
+def _stored(row: Mapping[str, Any]) -> StoredInstance:
+    return StoredInstance(**{k: row[k] for k in StoredInstance.__dataclass_fields__})
+
+
+def _like_pattern(pattern: str) -> str:
+    """DICOM wildcard -> SQL LIKE, with LIKE's own metacharacters escaped."""
+    out = []
+    for ch in pattern:
+        if ch in "\\%_":
+            out.append("\\" + ch)
+        elif ch == "*":
+            out.append("%")
+        elif ch == "?":
+            out.append("_")
+        else:
+            out.append(ch)
+    return "".join(out)

@@ -1,0 +1,134 @@
+"""The index schema, written once in SQLAlchemy Core so SQLite and PostgreSQL share it.
+
+The query/retrieve tables are generated from :mod:`pacsvault.dicom.attributes`:
+every indexed attribute is a text column (counts are integers), person names get
+a case-folded twin column for case-insensitive matching.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from pacsvault.dicom.attributes import ATTRIBUTES, IndexAttribute, Kind, Level
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+
+def fold_column(attr: IndexAttribute) -> str:
+    """Name of the case-folded twin column of a person-name attribute."""
+    return f"{attr.column}_fold"
+
+
+def _attribute_columns(level: Level) -> list[Column]:
+    cols: list[Column] = []
+    for attr in ATTRIBUTES[level]:
+        if attr.kind is Kind.COUNT:
+            cols.append(Column(attr.column, Integer, nullable=False, default=0))
+            continue
+        cols.append(
+            Column(
+                attr.column, Text, nullable=not attr.unique, unique=attr.unique, index=attr.unique
+            )
+        )
+        if attr.kind is Kind.NAME:
+            cols.append(Column(fold_column(attr), Text))
+    return cols
+
+
+patients = Table(
+    "patients",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    *_attribute_columns(Level.PATIENT),
+    Column("charset", Text),
+)
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("patient_pk", ForeignKey("patients.pk"), nullable=False, index=True),
+    *_attribute_columns(Level.STUDY),
+    Column("charset", Text),
+    Column("created_at", Float, nullable=False),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("study_pk", ForeignKey("studies.pk"), nullable=False, index=True),
+    *_attribute_columns(Level.SERIES),
+    Column("charset", Text),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("series_pk", ForeignKey("series.pk"), nullable=False, index=True),
+    *_attribute_columns(Level.IMAGE),
+    Column("charset", Text),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("blob_key", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("source_aet", String(16)),
+    Column("stored_at", Float, nullable=False),
+)
+
+LEVEL_TABLES: dict[Level, Table] = {
+    Level.PATIENT: patients,
+    Level.STUDY: studies,
+    Level.SERIES: series,
+    Level.IMAGE: instances,
+}
+
+peers = Table(
+    "peers",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("ae_title", String(16), nullable=False, unique=True),
+    Column("host", Text, nullable=False),
+    Column("port", Integer),
+    Column("services", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("time", Float, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("actor", Text),
+    Column("address", Text),
+    Column("study_uid", String(64)),
+    Column("detail", Text),
+)
+
+settings_kv = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+Index("ix_studies_date", studies.c.study_date)
+Index("ix_patients_name_fold", patients.c.patient_name_fold)
+Index("ix_studies_accession", studies.c.accession_number)
+Index("ix_audit_time", audit_events.c.time)

@@ -1,0 +1,104 @@
+"""Group commit: one thread applies index writes from every association in shared transactions.
+
+Each caller submits an operation and blocks until the transaction holding it has
+committed (or failed). Under concurrent ingest many operations share one commit,
+so the per-commit fsync is paid once per batch instead of once per instance,
+while no caller is answered before its write is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine
+
+from pacsvault.storage.index import write_transaction
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Operation = Callable[[Connection], Any]
+
+MAX_BATCH = 256
+
+
+class IndexWriter:
+    """A single writer thread with group commit over *engine*."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._queue: queue.Queue[tuple[Operation, Future[Any]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
+        self._started = False
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if not self._started:
+                self._thread.start()
+                self._started = True
+
+    def stop(self) -> None:
+        """Finish queued operations, then stop the thread."""
+        with self._lock:
+            if not self._started:
+                return
+            self._queue.put(None)
+            self._thread.join()
+            self._started = False
+
+    def submit(self, op: Callable[[Connection], T]) -> T:
+        """Run *op* in a write transaction; return its result once committed.
+
+        An exception raised by *op* is re-raised here and rolls back only *op*'s own
+        changes (it runs in a savepoint); the rest of the batch still commits.
+        """
+        if not self._started:
+            self.start()
+        fut: Future[T] = Future()
+        self._queue.put((op, fut))
+        return fut.result()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[Operation, Future[Any]]]) -> None:
+        results: list[tuple[Future[Any], bool, Any]] = []
+        try:
+            with write_transaction(self.engine) as conn:
+                for op, fut in batch:
+                    try:
+                        with conn.begin_nested():
+                            results.append((fut, True, op(conn)))
+                    except Exception as exc:
+                        results.append((fut, False, exc))
+        except Exception as exc:  # the commit itself failed: nothing in the batch is durable
+            log.error("index commit failed: %s", type(exc).__name__)
+            for _op, fut in batch:
+                fut.set_exception(exc)
+            return
+        for fut, ok, value in results:
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
