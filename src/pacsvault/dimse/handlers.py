@@ -80,7 +80,7 @@ class DimseServices:
         req = event.request
         try:
             data = req.DataSet.getvalue()
-            ts = str(event.context.transfer_syntax[0])
+            ts = str(event.context.transfer_syntax)  # a (id, abstract, transfer) tuple
             result = self.archive.store(
                 _actor(event),
                 data,
