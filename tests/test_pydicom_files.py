@@ -174,20 +174,8 @@ def blob_files(server: Server) -> int:
     return sum(1 for p in server.data.rglob("*.dcm") if p.is_file())
 
 
-# -- the stored set --------------------------------------------------------------------
-
-
-@dataclass
-class Loaded:
-    server: Server
-    images: list[Image]
-    statuses: list[Dataset]
-    tmp: Path
-
-
-@pytest.fixture(scope="module")
-def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
-    tmp = tmp_path_factory.mktemp("pydicom_files")
+def start_server(tmp: Path) -> Server:
+    """A server of its own in *tmp*, with TESTSCU granted every service."""
     data = tmp / "data"
     cli(data, "init", "--aet", SERVER_AET)
     cli(
@@ -204,6 +192,24 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
     )
     server = Server(data, free_port(), tmp / "server.log")
     server.start()
+    return server
+
+
+# -- the stored set --------------------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    server: Server
+    images: list[Image]
+    statuses: list[Dataset]
+    tmp: Path
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
+    tmp = tmp_path_factory.mktemp("pydicom_files")
+    server = start_server(tmp)
     images = valid_images()
     old = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
@@ -463,13 +469,7 @@ CASES = malformed_cases()
 @pytest.fixture(scope="module")
 def refusing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server of its own, so a wrongly stored malformed object spoils no other test."""
-    tmp = tmp_path_factory.mktemp("malformed")
-    data = tmp / "data"
-    cli(data, "init", "--aet", SERVER_AET)
-    cli(data, "peer", "add", "test", "--aet", CLIENT_AET, "--host", "127.0.0.1")
-    cli(data, "peer", "allow", "test", "echo,store")
-    server = Server(data, free_port(), tmp / "server.log")
-    server.start()
+    server = start_server(tmp_path_factory.mktemp("malformed"))
     yield server
     server.stop()
 
