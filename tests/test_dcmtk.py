@@ -344,7 +344,7 @@ def test_movescu_to_registered_destination_byte_identical(loaded) -> None:
 
 
 def test_move_to_unknown_destination_is_refused(loaded) -> None:
-    server, files, _, tmp = loaded
+    server, files, *_ = loaded
     proc = dcmtk(
         "movescu",
         "-v",

@@ -258,7 +258,8 @@ def test_every_image_stored_and_duplicates_warned(loaded: Loaded) -> None:
             warned += 1
         got = status.get("Status")
         if got != expected:
-            wrong.append((img.path.name, f"{got!r}", f"{expected:#06x}", status.get("ErrorComment")))
+            comment = status.get("ErrorComment")
+            wrong.append((img.path.name, f"{got!r}", f"{expected:#06x}", comment))
     print(f"\n{len(loaded.images)} sent, {len(first)} stored, {warned} duplicates warned")
     assert not wrong, f"unexpected C-STORE statuses:\n{wrong}\n{loaded.server.log_text()[-3000:]}"
     assert warned > 0  # pydicom's bundled data does reuse UIDs with different content
@@ -284,7 +285,9 @@ def test_index_holds_the_first_copy_of_each_instance(loaded: Loaded) -> None:
 
 
 @pytest.mark.parametrize(
-    "model", [StudyRootQueryRetrieveInformationModelGet, PatientRootQueryRetrieveInformationModelGet]
+    "model",
+    [StudyRootQueryRetrieveInformationModelGet, PatientRootQueryRetrieveInformationModelGet],
+    ids=["study-root", "patient-root"],
 )
 def test_get_returns_every_instance_byte_for_byte(loaded: Loaded, model: str) -> None:
     unique = firsts(loaded.images)
@@ -297,7 +300,7 @@ def test_get_returns_every_instance_byte_for_byte(loaded: Loaded, model: str) ->
 
     def on_store(event: evt.Event) -> int:
         uid = str(event.request.AffectedSOPInstanceUID)
-        ts = str(event.context.transfer_syntax[0])
+        ts = str(event.context.transfer_syntax)  # a (id, abstract, transfer) tuple
         received.setdefault(uid, []).append((ts, event.request.DataSet.getvalue()))
         return 0x0000
 

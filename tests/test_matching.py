@@ -1,0 +1,68 @@
+"""Unit tests of the pure DICOM rules: UID validation and C-FIND matching conditions."""
+
+from __future__ import annotations
+
+import pytest
+
+from pacsvault.dicom.attributes import BY_KEYWORD, normalize_time
+from pacsvault.dicom.matching import AnyOf, Exact, InvalidQuery, Range, Wildcard, parse_condition
+from pacsvault.dicom.uids import is_valid_uid
+
+
+@pytest.mark.parametrize("uid", ["1.2.840.10008.1.2", "0", "1.0.2", "2.25." + "9" * 59])
+def test_valid_uids(uid: str) -> None:
+    assert is_valid_uid(uid)
+
+
+@pytest.mark.parametrize(
+    "uid", ["", "1..2", "1.02.3", ".1", "1.", "1.2.a", "1/2", "../etc", "1.2 ", "9" * 65, None]
+)
+def test_invalid_uids(uid: str | None) -> None:
+    assert not is_valid_uid(uid)
+
+
+def cond(keyword: str, value: str | None):
+    return parse_condition(BY_KEYWORD[keyword], value)
+
+
+def test_universal_matching() -> None:
+    assert cond("PatientName", None) is None
+    assert cond("PatientName", "") is None
+    assert cond("PatientName", "*") is None
+    assert cond("StudyDate", "") is None
+
+
+def test_single_value_and_wildcards() -> None:
+    assert cond("PatientID", "ABC") == Exact("ABC")
+    assert cond("PatientName", "DOE^JOHN^^^") == Exact("DOE^JOHN", fold=True)
+    assert cond("PatientName", "DO?*") == Wildcard("DO?*", fold=True)
+    assert cond("AccessionNumber", "A1*") == Wildcard("A1*", fold=False)
+
+
+def test_uid_lists() -> None:
+    assert cond("StudyInstanceUID", "1.2.3\\1.2.4") == AnyOf(("1.2.3", "1.2.4"))
+    assert cond("StudyInstanceUID", "1.2.3") == Exact("1.2.3")
+    with pytest.raises(InvalidQuery):
+        cond("StudyInstanceUID", "1.2.3\\1.02")
+
+
+def test_date_ranges() -> None:
+    assert cond("StudyDate", "20200101-20201231") == Range("20200101", "20201231")
+    assert cond("StudyDate", "-20201231") == Range(None, "20201231")
+    assert cond("StudyDate", "20200101-") == Range("20200101", None)
+    assert cond("StudyDate", "20200101") == Exact("20200101")
+    for bad in ("2020-13", "20201301x", "-"):
+        with pytest.raises(InvalidQuery):
+            cond("StudyDate", bad)
+
+
+def test_time_ranges_pad_their_bounds() -> None:
+    assert cond("StudyTime", "09-1130") == Range("090000", "113059.999999")
+    assert cond("StudyTime", "101010.5-") == Range("101010.5", None)
+    assert normalize_time("10:12") == "101200"
+    with pytest.raises(InvalidQuery):
+        cond("StudyTime", "1x-12")
+
+
+def test_modalities_in_study_is_a_value_list() -> None:
+    assert cond("ModalitiesInStudy", "CT\\MR") == AnyOf(("CT", "MR"))
