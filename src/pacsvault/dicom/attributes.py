@@ -198,7 +198,17 @@ def _text(ds: Dataset, attr: IndexAttribute) -> str | None:
         return None
     if attr.kind is Kind.TIME:
         return normalize_time(value)
+    if attr.kind is Kind.NUMBER:
+        return normalize_number(value)
     return value
+
+
+def normalize_number(value: str) -> str:
+    """IS/US values as canonical integers ("007" -> "7"); anything else unchanged."""
+    try:
+        return str(int(value.strip()))
+    except ValueError:
+        return value.strip()
 
 
 def normalize_time(value: str) -> str:

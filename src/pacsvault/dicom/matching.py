@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pacsvault.dicom.attributes import IndexAttribute, Kind, normalize_time
+from pacsvault.dicom.attributes import IndexAttribute, Kind, normalize_number, normalize_time
 from pacsvault.dicom.uids import is_valid_uid
 
 
@@ -118,10 +118,12 @@ def parse_condition(attr: IndexAttribute, raw: str | None) -> Condition | None:
         if "-" in value:
             return _range(value, _time_bound)
         return Exact(normalize_time(value))
-    fold = kind is Kind.NAME
+    if kind is Kind.NUMBER and "*" not in value and "?" not in value:
+        return Exact(normalize_number(value))
+    folded = kind is Kind.NAME
     if "*" in value or "?" in value:
-        return Wildcard(value, fold)
-    return Exact(value, fold)
+        return Wildcard(value, folded)
+    return Exact(value, folded)
 
 
 def fold(value: str | None) -> str | None:

@@ -98,7 +98,10 @@ class AccessPolicy:
                 )
             else:
                 decision = AssociationDecision(peer, None, f"registered peer {peer.name}")
-        actor = Actor("peer" if decision.peer else "unknown", calling, address, calling)
+        peer = decision.peer
+        actor = Actor(
+            "peer" if peer else "unknown", peer.name if peer else calling, address, calling
+        )
         if decision.accepted:
             log.info("association accepted: %s", actor.describe())
             self.audit.record(Action.ASSOCIATION, Outcome.SUCCESS, actor, detail=f"called {called}")

@@ -116,9 +116,12 @@ class Archive:
         )
         if result.status not in (StoreStatus.STORED, StoreStatus.REPLACED):
             # Stored ones were audited in the same transaction as their index row.
-            outcome = Outcome.WARNING if result.status.ok else Outcome.REFUSED
-            if result.status is StoreStatus.DUPLICATE_KEPT_FIRST:
-                outcome = Outcome.WARNING
+            outcome = (
+                Outcome.WARNING
+                if result.status
+                in (StoreStatus.IDENTICAL_DUPLICATE, StoreStatus.DUPLICATE_KEPT_FIRST)
+                else Outcome.REFUSED
+            )
             self.audit.record(
                 action,
                 outcome,

@@ -23,6 +23,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -339,8 +340,6 @@ class Index:
             col.like(_like_pattern(v), escape="\\") if ("*" in v or "?" in v) else col == v
             for v in values
         ]
-        from sqlalchemy import or_
-
         return exists(sub.where(or_(*matchers)))
 
     def query(
