@@ -18,7 +18,7 @@ $(BIN)/pacsvault: pyproject.toml
 venv: $(BIN)/pacsvault
 
 debs:
-	scripts/ensure-debian-packages /usr/bin/storescu:dcmtk
+	scripts/ensure-debian-packages /usr/bin/storescu:dcmtk /usr/sbin/Orthanc:orthanc
 
 test: venv debs
 	$(BIN)/ruff check src tests bench

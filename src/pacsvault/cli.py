@@ -221,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path)
     p.set_defaults(func=cmd_import)
 
+    from pacsvault.scan.cli import register as register_scan
+
+    register_scan(sub, common)
+
     p = sub.add_parser("demo", parents=[common], help="load synthetic demo studies")
     p.add_argument("--patients", type=int, default=5)
     p.add_argument("--seed", type=int, default=1)
