@@ -105,20 +105,64 @@ peers = Table(
     Column("host", Text, nullable=False),
     Column("port", Integer),
     Column("services", Text, nullable=False),
+    Column("tls", String(16), nullable=False, default="optional"),
+    Column("client_cert", Text, nullable=False, default="ca"),
+    Column("user_identity", String(16), nullable=False, default="optional"),
     Column("created_at", Float, nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("role", String(32), nullable=False),
+    Column("password_hash", Text, nullable=False),
+    Column("disabled", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+lockout_failures = Table(
+    "lockout_failures",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(128), nullable=False, index=True),
+    Column("time", Float, nullable=False),
+)
+
+lockouts = Table(
+    "lockouts",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    Column("until", Float, nullable=False),
+    Column("reason", Text, nullable=False),
 )
 
 audit_events = Table(
     "audit_events",
     metadata,
     Column("id", Integer, primary_key=True),
+    Column("seq", BigInteger, nullable=False, unique=True),
     Column("time", Float, nullable=False),
+    Column("event_code", String(16), nullable=False),
     Column("action", String(32), nullable=False),
     Column("outcome", String(16), nullable=False),
     Column("actor", Text),
     Column("address", Text),
     Column("study_uid", String(64)),
+    Column("patient_ref", String(64)),
     Column("detail", Text),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("seq", BigInteger, primary_key=True),
+    Column("hash", String(64), nullable=False),
+    Column("time", Float, nullable=False),
+    Column("signature", Text, nullable=False),
 )
 
 settings_kv = Table(
