@@ -76,11 +76,23 @@ class StorageSettings(_Section):
     fsync: bool = True
 
 
+class AuditSettings(_Section):
+    """The audit trail: checkpoints and forwarding to a syslog collector."""
+
+    checkpoint_every: int = Field(default=100, ge=1)
+    syslog_host: str = ""  # empty: no forwarding
+    syslog_port: int = Field(default=6514, ge=1, le=65535)
+    syslog_ca_file: str = ""  # CA that signed the collector's certificate
+    syslog_client_cert: str = ""  # optional client certificate (PEM) and key
+    syslog_client_key: str = ""
+
+
 class Settings(_Section):
     """All of pacsvault's settings."""
 
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
 
 class SettingsError(Exception):
@@ -158,4 +170,15 @@ index_url = ""
 blob_dir = "blobs"
 # fsync every object and directory before answering success. Turn off only for tests.
 fsync = true
+
+[audit]
+# A signed checkpoint (Ed25519, key in secrets/) every this many audit records.
+checkpoint_every = 100
+# Forward every audit record as a DICOM audit message (RFC 5424 over TLS, RFC 5425)
+# to this collector; records wait in the audit table while it is unreachable.
+syslog_host = ""
+syslog_port = 6514
+syslog_ca_file = ""
+syslog_client_cert = ""
+syslog_client_key = ""
 '''

@@ -16,8 +16,10 @@ from pacsvault.config import (
     load_settings,
     settings_template,
 )
+from pacsvault.security.audit_keys import load_signer
 from pacsvault.security.peers import PeerRegistry
 from pacsvault.security.policy import AccessPolicy
+from pacsvault.security.secrets import pseudonymizer
 from pacsvault.storage.archive import Archive
 from pacsvault.storage.blobstore import FileBlobStore
 from pacsvault.storage.index import Index
@@ -65,7 +67,13 @@ def open_site(data_dir: Path, settings: Settings | None = None) -> Site:
     blobs = FileBlobStore(data_dir / settings.storage.blob_dir, fsync=settings.storage.fsync)
     blobs.create()
     index.create()
-    archive = Archive(index, blobs, duplicate_policy=settings.dicom.duplicate_policy)
+    archive = Archive(
+        index,
+        blobs,
+        duplicate_policy=settings.dicom.duplicate_policy,
+        pseudonyms=pseudonymizer(data_dir),
+        audit_signer=load_signer(data_dir),
+    )
     return Site(data_dir, settings, index, blobs, archive, PeerRegistry(index))
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
+from pacsvault.security.audit_keys import AuditSigner
 from pacsvault.security.identity import Actor
 from pacsvault.storage import schema as s
 from pacsvault.storage.index import Index, write_transaction
@@ -117,9 +118,12 @@ Submit = Callable[[Callable[[Connection], Any]], Any]
 class AuditTrail:
     """Writes audit rows, through the group-commit writer when one is running."""
 
-    def __init__(self, index: Index, submit: Submit | None = None) -> None:
+    def __init__(
+        self, index: Index, submit: Submit | None = None, *, signer: AuditSigner | None = None
+    ) -> None:
         self.index = index
         self._submit = submit
+        self.signer = signer
 
     def row(
         self,
@@ -169,10 +173,13 @@ class AuditTrail:
         actor: Actor | None,
         *,
         study_uid: str | None = None,
+        patient_ref: str | None = None,
         detail: str | None = None,
     ) -> None:
         """Record one event durably. Failures are logged, never raised to the caller."""
-        row = self.row(action, outcome, actor, study_uid=study_uid, detail=detail)
+        row = self.row(
+            action, outcome, actor, study_uid=study_uid, patient_ref=patient_ref, detail=detail
+        )
         try:
             if self._submit is not None:
                 self._submit(lambda conn: self.insert(conn, row))

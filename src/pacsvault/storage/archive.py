@@ -25,7 +25,9 @@ from pacsvault.dicom.matching import Condition
 from pacsvault.dicom.part10 import NotDicom, file_header, parse_dataset
 from pacsvault.dicom.uids import InvalidUID, require_uid
 from pacsvault.security.audit import Action, AuditTrail, Outcome
+from pacsvault.security.audit_keys import AuditSigner
 from pacsvault.security.identity import Actor
+from pacsvault.security.secrets import Pseudonymizer
 from pacsvault.storage.blobstore import BlobStore
 from pacsvault.storage.index import Index, InstanceRecord, StoredInstance
 from pacsvault.storage.writer import IndexWriter
@@ -79,12 +81,15 @@ class Archive:
         blobs: BlobStore,
         *,
         duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST,
+        pseudonyms: Pseudonymizer,
+        audit_signer: AuditSigner | None = None,
     ) -> None:
         self.index = index
         self.blobs = blobs
         self.duplicate_policy = duplicate_policy
+        self.pseudonyms = pseudonyms
         self.writer = IndexWriter(index.engine)
-        self.audit = AuditTrail(index, self.writer.submit)
+        self.audit = AuditTrail(index, self.writer.submit, signer=audit_signer)
         self._locks = [threading.Lock() for _ in range(self._LOCK_STRIPES)]
 
     def close(self) -> None:
@@ -210,6 +215,7 @@ class Archive:
                 Outcome.SUCCESS,
                 actor,
                 study_uid=study_uid,
+                patient_ref=self.pseudonyms.ref(record.patient.get("patient_id") or ""),
                 detail="replaced" if replacing else None,
             )
 
@@ -273,16 +279,18 @@ class Archive:
     ) -> list[StoredInstance]:
         """The instances a retrieve at *level* selects; audits one record per study."""
         found = self.index.instances_for(level, conditions)
-        per_study: dict[str, int] = {}
+        per_study: dict[tuple[str, str], int] = {}
         for inst in found:
-            per_study[inst.study_instance_uid] = per_study.get(inst.study_instance_uid, 0) + 1
+            key = (inst.study_instance_uid, inst.patient_id)
+            per_study[key] = per_study.get(key, 0) + 1
         to = f" to {destination}" if destination else ""
-        for study_uid, count in per_study.items():
+        for (study_uid, patient_id), count in per_study.items():
             self.audit.record(
                 Action.RETRIEVE,
                 Outcome.SUCCESS,
                 actor,
                 study_uid=study_uid,
+                patient_ref=self.pseudonyms.ref(patient_id),
                 detail=f"{count} instances{to}",
             )
         return found

@@ -59,6 +59,7 @@ class InstanceRecord:
 class StoredInstance:
     """Where one indexed instance lives, as needed to retrieve it."""
 
+    patient_id: str
     study_instance_uid: str
     series_instance_uid: str
     sop_instance_uid: str
@@ -292,6 +293,7 @@ class Index:
 
     def _instance_select(self) -> Select:
         return select(
+            s.patients.c.patient_id,
             s.studies.c.study_instance_uid,
             s.series.c.series_instance_uid,
             s.instances.c.sop_instance_uid,
