@@ -77,6 +77,7 @@ class Server:
     log_path: Path
     proc: subprocess.Popen | None = None
     extra_args: list[str] = field(default_factory=list)
+    tls_port: int = field(default_factory=lambda: free_port())
 
     def start(self, timeout: float = 30) -> None:
         self.log = open(self.log_path, "ab")  # noqa: SIM115

@@ -37,6 +37,7 @@ class DicomSettings(_Section):
     ae_title: str = Field(default="PACSVAULT", min_length=1, max_length=16)
     bind: str = "127.0.0.1"
     port: int = Field(default=11112, ge=1, le=65535)
+    cleartext: bool = True
     cleartext_networks: list[str] = Field(default_factory=list)
     max_associations: int = Field(default=32, ge=1, le=1000)
     max_pdu: int = Field(default=0, ge=0)
@@ -68,6 +69,37 @@ class DicomSettings(_Section):
         return v
 
 
+class TlsSettings(_Section):
+    """DICOM over TLS (PS3.15 Annex B, BCP 195 profile)."""
+
+    enabled: bool = True
+    port: int = Field(default=2762, ge=1, le=65535)
+    cert_file: str = ""  # empty: the server certificate issued by the local CA
+    key_file: str = ""
+    client_ca_files: list[str] = Field(default_factory=list)  # trusted besides the local CA
+    hostnames: list[str] = Field(default_factory=lambda: ["localhost"])
+    addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        for a in v:
+            ipaddress.ip_address(a)
+        return v
+
+
+class SecuritySettings(_Section):
+    """Identity checks and lockout."""
+
+    lockout_threshold: int = Field(default=5, ge=1, le=1000)
+    lockout_window: float = Field(default=900.0, gt=0)  # seconds
+    lockout_duration: float = Field(default=900.0, gt=0)  # seconds
+    allow_passcode_without_tls: bool = False
+    jwt_hs256_key_file: str = ""
+    jwt_rs256_public_key_file: str = ""
+    jwt_audience: str = ""
+
+
 class StorageSettings(_Section):
     """Index and blob store."""
 
@@ -91,6 +123,8 @@ class Settings(_Section):
     """All of pacsvault's settings."""
 
     dicom: DicomSettings = Field(default_factory=DicomSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
 
@@ -141,6 +175,8 @@ ae_title = "{ae_title}"
 # Address the DICOM listener binds to. Loopback until you choose otherwise.
 bind = "{d.bind}"
 port = {d.port}
+# Cleartext (non-TLS) DICOM listener; set false to serve DICOM over TLS only.
+cleartext = true
 # Cleartext (non-TLS) DICOM is refused on a non-loopback address unless the
 # networks it may come from are listed here, e.g. ["10.1.2.0/24"].
 # Associations from outside these networks are rejected.
@@ -161,6 +197,35 @@ duplicate_policy = "{d.duplicate_policy.value}"
 # Cap on C-FIND matches per query (0: no cap). Matches past the cap are not sent
 # and the query ends with failure 0xA700 (out of resources).
 max_find_results = {d.max_find_results}
+
+[tls]
+# DICOM over TLS: TLS 1.2+ (1.3 preferred), forward-secret AEAD suites only.
+enabled = true
+port = 2762
+# Empty: use the certificate that `init` issued from this site's own CA (tls/ in the
+# data directory). Give PEM paths to use your own certificate and key instead.
+cert_file = ""
+key_file = ""
+# CAs (PEM files) whose client certificates are trusted besides the local CA.
+client_ca_files = []
+# Names and addresses in the server certificate issued by `init`.
+hostnames = ["localhost"]
+addresses = ["127.0.0.1", "::1"]
+
+[security]
+# Failed associations or logins from one address (or for one account) within
+# lockout_window seconds: after lockout_threshold of them, that source is refused
+# for lockout_duration seconds, with the same answer as any other failure.
+lockout_threshold = 5
+lockout_window = 900
+lockout_duration = 900
+# DICOM user identity: passcodes are accepted over TLS only unless this is true.
+allow_passcode_without_tls = false
+# JWT user identity: an HS256 shared key file and/or an RS256 public key (PEM).
+jwt_hs256_key_file = ""
+jwt_rs256_public_key_file = ""
+# Required "aud" claim of JWTs (empty: our AE title).
+jwt_audience = ""
 
 [storage]
 # SQLAlchemy URL of the index; empty means index.sqlite in the data directory.

@@ -6,6 +6,7 @@ Every command builds what it needs from here, so the wiring exists exactly once.
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,13 @@ from pacsvault.config import (
     settings_template,
 )
 from pacsvault.security.audit_keys import load_signer
+from pacsvault.security.authn import IdentityVerifier
+from pacsvault.security.lockout import Lockout
 from pacsvault.security.peers import PeerRegistry
 from pacsvault.security.policy import AccessPolicy
 from pacsvault.security.secrets import pseudonymizer
+from pacsvault.security.tls import SERVER_CERT, SERVER_KEY, LocalCA, server_context
+from pacsvault.security.users import UserRegistry
 from pacsvault.storage.archive import Archive
 from pacsvault.storage.blobstore import FileBlobStore
 from pacsvault.storage.index import Index
@@ -46,14 +51,49 @@ class Site:
     archive: Archive
     peers: PeerRegistry
 
+    @property
+    def users(self) -> UserRegistry:
+        return UserRegistry(self.index)
+
+    @property
+    def ca(self) -> LocalCA:
+        return LocalCA(self.data_dir)
+
+    def lockout(self) -> Lockout:
+        sec = self.settings.security
+        return Lockout(
+            self.index,
+            self.archive.audit,
+            threshold=sec.lockout_threshold,
+            window=sec.lockout_window,
+            duration=sec.lockout_duration,
+        )
+
     def policy(self) -> AccessPolicy:
-        """The AccessPolicy for this site's DICOM listener."""
+        """The AccessPolicy for this site's DICOM listeners."""
         return AccessPolicy(
             self.peers,
             self.settings.dicom.ae_title,
             self.archive.audit,
             cleartext_networks=self.settings.dicom.cleartext_networks,
+            lockout=self.lockout(),
+            identities=IdentityVerifier(
+                self.users, self.settings.security, self.settings.dicom.ae_title
+            ),
         )
+
+    def tls_files(self) -> tuple[Path, Path]:
+        """(certificate, key) of the DICOM-TLS listener."""
+        tls = self.settings.tls
+        if tls.cert_file:
+            return Path(tls.cert_file), Path(tls.key_file)
+        return self.ca.dir / SERVER_CERT, self.ca.dir / SERVER_KEY
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The server TLS context (BCP 195), trusting the local CA and configured CAs."""
+        cert, key = self.tls_files()
+        cas = [self.ca.cert_path] + [Path(p) for p in self.settings.tls.client_ca_files]
+        return server_context(cert, key, [c for c in cas if c.exists()])
 
     def close(self) -> None:
         self.archive.close()
@@ -93,6 +133,8 @@ def init_site(data_dir: Path, ae_title: str) -> Site:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     site = open_site(data_dir)
+    site.ca.create(ae_title)
+    site.ca.ensure_server_cert(site.settings.tls.hostnames, site.settings.tls.addresses)
     index_file = data_dir / INDEX_FILE
     if index_file.exists():
         os.chmod(index_file, 0o600)

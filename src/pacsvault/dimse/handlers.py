@@ -18,7 +18,7 @@ from pynetdicom.events import Event
 from pacsvault.dicom.matching import InvalidQuery
 from pacsvault.dicom.query import PATIENT_ROOT, STUDY_ROOT, Query, find_response, parse_identifier
 from pacsvault.dimse import status as st
-from pacsvault.dimse.negotiation import peer_of
+from pacsvault.dimse.negotiation import peer_of, user_of
 from pacsvault.dimse.outbound import OutboundInstance, move_contexts
 from pacsvault.security.audit import Action
 from pacsvault.security.identity import Actor
@@ -37,9 +37,13 @@ def _model(event: Event) -> str:
 
 
 def _actor(event: Event) -> Actor:
-    peer = peer_of(event.assoc)
+    """The acting identity: the verified user when there is one, else the peer."""
     address = event.assoc.requestor.address
     calling = str(event.assoc.requestor.ae_title).strip()
+    user = user_of(event.assoc)
+    if user is not None:
+        return Actor("user", user.name, address, calling)
+    peer = peer_of(event.assoc)
     return Actor("peer", peer.name if peer else "unknown", address, calling)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 from typing import TYPE_CHECKING, cast
 
 from pydicom.uid import UID, AllTransferSyntaxes
@@ -24,6 +25,9 @@ from pynetdicom.sop_class import _QR_CLASSES, _STORAGE_CLASSES, _VERIFICATION_CL
 from pynetdicom.transport import RequestHandler
 
 from pacsvault.security.peers import Peer, Service
+from pacsvault.security.policy import IdentityClaim
+from pacsvault.security.tls import TlsInfo
+from pacsvault.security.users import User
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -99,6 +103,16 @@ def contexts_for(peer: Peer, requested: list[PresentationContext]) -> list[Prese
     return list(out.values())
 
 
+def tls_of(assoc: Association) -> TlsInfo | None:
+    """What TLS established for this association's connection (None: cleartext)."""
+    return cast(TlsInfo | None, getattr(assoc, "pacsvault_tls", None))
+
+
+def user_of(assoc: Association) -> User | None:
+    """The user a verified identity negotiation named, if any."""
+    return cast(User | None, getattr(assoc, "pacsvault_user", None))
+
+
 def peer_of(assoc: Association) -> Peer | None:
     """The registered peer an accepted association belongs to."""
     return cast(Peer | None, getattr(assoc, "pacsvault_peer", None))
@@ -113,23 +127,25 @@ class PolicyACSE(ACSE):
         rq = self.requestor.primitive
         assert rq is not None
         self.requestor.ae_title = rq.calling_ae_title
-        address = self.requestor.address
+        item = self.requestor.user_identity
+        claim = (
+            IdentityClaim(item.user_identity_type, item.primary_field, item.secondary_field)
+            if item is not None and item.user_identity_type is not None
+            else None
+        )
         decision = self.policy.check_association(
-            str(rq.called_ae_title), str(rq.calling_ae_title), address
+            str(rq.called_ae_title),
+            str(rq.calling_ae_title),
+            self.requestor.address,
+            tls=tls_of(self.assoc),
+            identity=claim,
         )
         if decision.reject is not None:
             self._reject(*decision.reject)
             return
+        self.assoc.pacsvault_peer = cast(Peer, decision.peer)  # type: ignore[attr-defined]
+        self.assoc.pacsvault_user = decision.user  # type: ignore[attr-defined]
         peer = cast(Peer, decision.peer)
-        self.assoc.pacsvault_peer = peer  # type: ignore[attr-defined]
-
-        if self.requestor.user_identity:
-            ok, response = self._check_user_identity()
-            if not ok:
-                self._reject(0x02, 0x02, 0x01)
-                return
-            if response:
-                self.acceptor.add_negotiation_item(response)
 
         active = [a for a in self.assoc.ae.active_associations if a.is_acceptor]
         if len(active) > self.assoc.ae.maximum_associations:
@@ -165,8 +181,19 @@ class PolicyACSE(ACSE):
         self.assoc.kill()
 
 
-def request_handler(policy: AccessPolicy) -> type[RequestHandler]:
-    """A pynetdicom request handler class whose associations negotiate through *policy*."""
+class _TransportRefused(Exception):
+    """The connection failed before an association could be negotiated."""
+
+
+def request_handler(
+    policy: AccessPolicy, tls: ssl.SSLContext | None = None, handshake_timeout: float = 30.0
+) -> type[RequestHandler]:
+    """A request handler class whose associations negotiate through *policy*.
+
+    With *tls*, the TLS handshake runs in the connection's own thread (a slow or
+    failing client never holds up the listener) and a failure is refused, logged,
+    audited and counted towards lockout like any other.
+    """
 
     class _PolicyACSE(PolicyACSE):
         pass
@@ -174,11 +201,32 @@ def request_handler(policy: AccessPolicy) -> type[RequestHandler]:
     _PolicyACSE.policy = policy
 
     class _Handler(RequestHandler):
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except _TransportRefused:
+                with contextlib.suppress(OSError):
+                    self.request.close()
+
         def _create_association(self) -> Association:
             sock = cast(socket.socket, self.request)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            info = None
+            if tls is not None:
+                address = str(self.client_address[0])
+                try:
+                    sock.settimeout(handshake_timeout)
+                    tls_sock = tls.wrap_socket(sock, server_side=True)
+                    tls_sock.settimeout(None)
+                except (ssl.SSLError, OSError) as exc:
+                    reason = getattr(exc, "reason", None) or type(exc).__name__
+                    policy.transport_failure(address, f"TLS handshake failed: {reason}")
+                    raise _TransportRefused from None
+                self.request = tls_sock
+                info = TlsInfo(str(tls_sock.version()), tls_sock.getpeercert(binary_form=True))
             assoc = super()._create_association()
+            assoc.pacsvault_tls = info  # type: ignore[attr-defined]
             assoc.acse = _PolicyACSE(assoc)
             return assoc
 

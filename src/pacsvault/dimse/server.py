@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 
 from pynetdicom import AE
@@ -19,10 +20,23 @@ log = logging.getLogger("pacsvault.dimse")
 
 
 class DicomServer:
-    """A running DIMSE listener on ``settings.bind:settings.port``."""
+    """The DIMSE listeners: cleartext on ``dicom.port``, DICOM-TLS on ``tls_port``.
 
-    def __init__(self, settings: DicomSettings, archive: Archive, policy: AccessPolicy) -> None:
+    Both share one AE, one Archive and one AccessPolicy; either may be absent.
+    """
+
+    def __init__(
+        self,
+        settings: DicomSettings,
+        archive: Archive,
+        policy: AccessPolicy,
+        *,
+        tls: ssl.SSLContext | None = None,
+        tls_port: int | None = None,
+    ) -> None:
         self.settings = settings
+        self.tls = tls
+        self.tls_port = tls_port
         self.services = DimseServices(archive, policy, settings.ae_title, settings.max_find_results)
         self.policy = policy
         ae = AE(ae_title=settings.ae_title)
@@ -38,38 +52,51 @@ class DicomServer:
         ae.require_called_aet = False
         ae.require_calling_aet = []
         self.ae = ae
-        self._server: ThreadedAssociationServer | None = None
-        self._thread: threading.Thread | None = None
+        self._plain: ThreadedAssociationServer | None = None
+        self._tls: ThreadedAssociationServer | None = None
+        self._threads: list[threading.Thread] = []
 
-    @property
-    def address(self) -> tuple[str, int]:
-        """The (address, port) actually bound (the port is chosen when 0 was asked)."""
-        assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
-
-    def start(self) -> None:
-        """Bind and serve in a background thread."""
+    def _listen(self, port: int, tls: ssl.SSLContext | None) -> ThreadedAssociationServer:
         server = self.ae.make_server(
-            (self.settings.bind, self.settings.port),
+            (self.settings.bind, port),
             ae_title=self.settings.ae_title,
             contexts=[],
             evt_handlers=self.services.handlers(),
             server_class=ThreadedAssociationServer,
-            request_handler=request_handler(self.policy),
+            request_handler=request_handler(self.policy, tls, self.settings.acse_timeout),
         )
         server.daemon_threads = True
-        self._server = server
         self.ae._servers.append(server)
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="dicom-listener"
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=f"dicom-{port}"
         )
-        self._thread.daemon = True
-        self._thread.start()
-        log.info("DICOM listener %s on %s:%d", self.settings.ae_title, *self.address)
+        thread.daemon = True
+        thread.start()
+        self._threads.append(thread)
+        host, bound = server.server_address[:2]
+        kind = "DICOM-TLS" if tls else "cleartext DICOM"
+        log.info("%s listener %s on %s:%d", kind, self.settings.ae_title, host, bound)
+        return server
+
+    def start(self) -> None:
+        """Bind the listeners and serve in background threads."""
+        if self.settings.cleartext:
+            self._plain = self._listen(self.settings.port, None)
+        if self.tls is not None and self.tls_port is not None:
+            self._tls = self._listen(self.tls_port, self.tls)
+
+    @property
+    def listeners(self) -> list[tuple[str, str, int]]:
+        """(kind, address, port) of each running listener."""
+        out = []
+        for kind, server in (("dicom", self._plain), ("dicom-tls", self._tls)):
+            if server is not None:
+                host, port = server.server_address[:2]
+                out.append((kind, str(host), int(port)))
+        return out
 
     def stop(self) -> None:
-        """Stop accepting, abort open associations and wait for the listener to end."""
+        """Stop accepting, abort open associations and wait for the listeners to end."""
         self.ae.shutdown()
-        if self._thread:
-            self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)

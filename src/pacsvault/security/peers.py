@@ -25,6 +25,34 @@ class Service(StrEnum):
     GET = "get"
 
 
+class TlsMode(StrEnum):
+    """Whether a peer must, may or must not use DICOM over TLS."""
+
+    REQUIRED = "required"
+    OPTIONAL = "optional"
+    OFF = "off"
+
+
+class IdentityMode(StrEnum):
+    """Whether a peer must present a DICOM user identity (username+passcode or JWT)."""
+
+    REQUIRED = "required"
+    OPTIONAL = "optional"
+
+
+CLIENT_CERT_CA = "ca"  # any certificate from a trusted CA whose CN is the peer name
+CLIENT_CERT_NONE = "none"  # no client certificate needed
+_PIN_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def parse_client_cert(value: str) -> str:
+    """Validate a client certificate requirement: ``ca``, ``none`` or ``sha256:<hex>``."""
+    value = value.strip().lower()
+    if value in (CLIENT_CERT_CA, CLIENT_CERT_NONE) or _PIN_RE.match(value):
+        return value
+    raise PeerError("client certificate must be 'ca', 'none' or 'sha256:<64 hex digits>'")
+
+
 class PeerError(ValueError):
     """Invalid peer definition or unknown peer."""
 
@@ -41,6 +69,9 @@ class Peer:
     host: str  # an address or a CIDR network
     port: int | None
     services: frozenset[Service]
+    tls: TlsMode = TlsMode.OPTIONAL
+    client_cert: str = CLIENT_CERT_CA
+    user_identity: IdentityMode = IdentityMode.OPTIONAL
 
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         return ipaddress.ip_network(self.host, strict=False)
@@ -90,7 +121,16 @@ class PeerRegistry:
         self.index = index
 
     def add(
-        self, name: str, ae_title: str, host: str, port: int | None, services: frozenset[Service]
+        self,
+        name: str,
+        ae_title: str,
+        host: str,
+        port: int | None,
+        services: frozenset[Service],
+        *,
+        tls: str = TlsMode.OPTIONAL,
+        client_cert: str = CLIENT_CERT_CA,
+        user_identity: str = IdentityMode.OPTIONAL,
     ) -> Peer:
         if not _NAME_RE.match(name):
             raise PeerError("a peer name is 1-64 letters, digits, '.', '_' or '-'")
@@ -103,7 +143,15 @@ class PeerRegistry:
             raise PeerError("port must be 1-65535")
         if not services:
             raise PeerError("grant at least one service with --allow")
-        peer = Peer(name, ae_title, host, port, services)
+        try:
+            tls_mode, id_mode = TlsMode(tls), IdentityMode(user_identity)
+        except ValueError:
+            raise PeerError(
+                "--tls is required|optional|off, --user-identity required|optional"
+            ) from None
+        peer = Peer(
+            name, ae_title, host, port, services, tls_mode, parse_client_cert(client_cert), id_mode
+        )
         try:
             with self.index.engine.begin() as conn:
                 conn.execute(
@@ -113,6 +161,9 @@ class PeerRegistry:
                         host=host,
                         port=port,
                         services=",".join(sorted(x.value for x in services)),
+                        tls=peer.tls.value,
+                        client_cert=peer.client_cert,
+                        user_identity=peer.user_identity.value,
                         created_at=time.time(),
                     )
                 )
@@ -124,6 +175,11 @@ class PeerRegistry:
         with self.index.engine.begin() as conn:
             if conn.execute(delete(s.peers).where(s.peers.c.name == name)).rowcount == 0:
                 raise PeerError(f"no peer named '{name}'")
+
+    def get(self, name: str) -> Peer | None:
+        with self.index.engine.connect() as conn:
+            row = conn.execute(select(s.peers).where(s.peers.c.name == name)).mappings().first()
+        return _peer(row) if row else None
 
     def list(self) -> list[Peer]:
         with self.index.engine.connect() as conn:
@@ -142,4 +198,13 @@ class PeerRegistry:
 
 def _peer(row: object) -> Peer:
     r = dict(row)  # type: ignore[call-overload]
-    return Peer(r["name"], r["ae_title"], r["host"], r["port"], parse_services(r["services"]))
+    return Peer(
+        r["name"],
+        r["ae_title"],
+        r["host"],
+        r["port"],
+        parse_services(r["services"]),
+        TlsMode(r["tls"]),
+        r["client_cert"],
+        IdentityMode(r["user_identity"]),
+    )

@@ -13,8 +13,20 @@ import logging
 from dataclasses import dataclass
 
 from pacsvault.security.audit import Action, AuditTrail, Outcome
+from pacsvault.security.authn import USERNAME, IdentityVerifier
 from pacsvault.security.identity import Actor
-from pacsvault.security.peers import Peer, PeerRegistry, Service
+from pacsvault.security.lockout import Lockout, account_key, address_key
+from pacsvault.security.peers import (
+    CLIENT_CERT_CA,
+    CLIENT_CERT_NONE,
+    IdentityMode,
+    Peer,
+    PeerRegistry,
+    Service,
+    TlsMode,
+)
+from pacsvault.security.tls import TlsInfo
+from pacsvault.security.users import User
 
 log = logging.getLogger("pacsvault.policy")
 
@@ -27,16 +39,31 @@ REASON_CALLED_AE_NOT_RECOGNIZED = 0x07
 
 
 @dataclass(frozen=True)
+class IdentityClaim:
+    """A user identity negotiation item as received (PS3.7 D.3.3.7)."""
+
+    id_type: int
+    primary: bytes
+    secondary: bytes | None = None
+
+
+@dataclass(frozen=True)
 class AssociationDecision:
-    """The outcome of an association request: a peer, or a rejection with its reason."""
+    """The outcome of an association request: a peer (and user), or a rejection."""
 
     peer: Peer | None
     reject: tuple[int, int, int] | None
     why: str
+    user: User | None = None
 
     @property
     def accepted(self) -> bool:
         return self.reject is None
+
+
+_RJ_CALLED = (REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLED_AE_NOT_RECOGNIZED)
+_RJ_CALLING = (REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AE_NOT_RECOGNIZED)
+_RJ_OTHER = (REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_NO_REASON)
 
 
 class AccessPolicy:
@@ -49,10 +76,14 @@ class AccessPolicy:
         audit: AuditTrail,
         *,
         cleartext_networks: list[str] | None = None,
+        lockout: Lockout | None = None,
+        identities: IdentityVerifier | None = None,
     ) -> None:
         self.peers = peers
         self.ae_title = ae_title
         self.audit = audit
+        self.lockout = lockout
+        self.identities = identities
         self.cleartext_networks = [
             ipaddress.ip_network(n, strict=False) for n in (cleartext_networks or [])
         ]
@@ -63,58 +94,110 @@ class AccessPolicy:
             ip = ip.ipv4_mapped
         return ip.is_loopback or any(ip in net for net in self.cleartext_networks)
 
-    def check_association(
-        self, called_aet: str, calling_aet: str, address: str, *, tls: bool = False
-    ) -> AssociationDecision:
-        """Decide on an A-ASSOCIATE-RQ. Refusals are logged (no PHI) and audited."""
-        called, calling = called_aet.strip(), calling_aet.strip()
-        decision: AssociationDecision
+    def _transport(self, peer: Peer, tls: TlsInfo | None) -> str | None:
+        """Why *peer*'s transport is not acceptable, or None when it is."""
+        if tls is None:
+            return "peer requires TLS" if peer.tls is TlsMode.REQUIRED else None
+        if peer.tls is TlsMode.OFF:
+            return "peer is registered for cleartext only"
+        if peer.client_cert == CLIENT_CERT_NONE:
+            return None
+        if tls.peer_cert_der is None:
+            return "no client certificate"
+        if peer.client_cert == CLIENT_CERT_CA:
+            if tls.peer_common_name != peer.name:
+                return "client certificate was not issued to this peer"
+            return None
+        if f"sha256:{tls.peer_fingerprint}" != peer.client_cert:
+            return "client certificate does not match the pinned fingerprint"
+        return None
+
+    def _decide(
+        self,
+        called: str,
+        calling: str,
+        address: str,
+        tls: TlsInfo | None,
+        identity: IdentityClaim | None,
+    ) -> tuple[AssociationDecision, str | None]:
+        """The decision, and the account a failed identity check counts against."""
+        if self.lockout and self.lockout.locked(address_key(address)):
+            return AssociationDecision(None, _RJ_CALLING, "source address is locked out"), None
         if called != self.ae_title:
-            decision = AssociationDecision(
-                None,
-                (REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLED_AE_NOT_RECOGNIZED),
-                "called AE title is not ours",
+            return AssociationDecision(None, _RJ_CALLED, "called AE title is not ours"), None
+        if tls is None and not self._cleartext_allowed(address):
+            why = "cleartext DICOM from a network not listed in dicom.cleartext_networks"
+            return AssociationDecision(None, _RJ_OTHER, why), None
+        peer = self.peers.by_ae_title(calling)
+        if peer is None:
+            why = "calling AE title is not a registered peer"
+            return AssociationDecision(None, _RJ_CALLING, why), None
+        if not peer.matches_address(address):
+            # Same answer as an unknown AE: a guesser must not learn which titles exist.
+            why = f"source address is not the address registered for peer {peer.name}"
+            return AssociationDecision(None, _RJ_CALLING, why), None
+        if (why := self._transport(peer, tls)) is not None:
+            return AssociationDecision(None, _RJ_OTHER, f"{why} ({peer.name})"), None
+        user = None
+        if identity is not None and self.identities is not None:
+            result = self.identities.verify(
+                identity.id_type, identity.primary, identity.secondary, tls=tls is not None
             )
-        elif not tls and not self._cleartext_allowed(address):
-            decision = AssociationDecision(
-                None,
-                (REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_NO_REASON),
-                "cleartext DICOM from a network not listed in dicom.cleartext_networks",
-            )
+            user = result.user
+            if identity.id_type != USERNAME and not result.ok:
+                why = f"user identity refused: {result.reason}"
+                return AssociationDecision(None, _RJ_OTHER, why), result.claimed
+        if peer.user_identity is IdentityMode.REQUIRED and user is None:
+            why = f"peer {peer.name} requires a verified user identity"
+            return AssociationDecision(None, _RJ_OTHER, why), None
+        return AssociationDecision(peer, None, f"registered peer {peer.name}", user), None
+
+    def check_association(
+        self,
+        called_aet: str,
+        calling_aet: str,
+        address: str,
+        *,
+        tls: TlsInfo | None = None,
+        identity: IdentityClaim | None = None,
+    ) -> AssociationDecision:
+        """Decide on an A-ASSOCIATE-RQ. Refusals are logged (no PHI), audited and counted."""
+        called, calling = called_aet.strip(), calling_aet.strip()
+        decision, account = self._decide(called, calling, address, tls, identity)
+        peer, user = decision.peer, decision.user
+        if user is not None:
+            actor = Actor("user", user.name, address, calling)
         else:
-            peer = self.peers.by_ae_title(calling)
-            if peer is None:
-                decision = AssociationDecision(
-                    None,
-                    (REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AE_NOT_RECOGNIZED),
-                    "calling AE title is not a registered peer",
-                )
-            elif not peer.matches_address(address):
-                # Same answer as an unknown AE: a guesser must not learn which titles exist.
-                decision = AssociationDecision(
-                    None,
-                    (REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AE_NOT_RECOGNIZED),
-                    f"source address is not the address registered for peer {peer.name}",
-                )
-            else:
-                decision = AssociationDecision(peer, None, f"registered peer {peer.name}")
-        peer = decision.peer
-        actor = Actor(
-            "peer" if peer else "unknown", peer.name if peer else calling, address, calling
-        )
+            actor = Actor(
+                "peer" if peer else "unknown", peer.name if peer else calling, address, calling
+            )
+        transport = f"TLS {tls.version}" if tls else "cleartext"
         if decision.accepted:
-            log.info("association accepted: %s", actor.describe())
-            self.audit.record(Action.ASSOCIATION, Outcome.SUCCESS, actor, detail=f"called {called}")
-        else:
-            log.warning(
-                "association rejected: calling %r called %r from %s: %s",
-                calling,
-                called,
-                address,
-                decision.why,
-            )
-            self.audit.record(Action.ASSOCIATION, Outcome.REFUSED, actor, detail=decision.why)
+            log.info("association accepted: %s over %s", actor.describe(), transport)
+            detail = f"called {called} over {transport}"
+            self.audit.record(Action.ASSOCIATION, Outcome.SUCCESS, actor, detail=detail)
+            return decision
+        log.warning(
+            "association rejected: calling %r called %r from %s over %s: %s",
+            calling, called, address, transport, decision.why,
+        )  # fmt: skip
+        self.audit.record(Action.ASSOCIATION, Outcome.REFUSED, actor, detail=decision.why)
+        self._count_failure(address, account, decision.why)
         return decision
+
+    def _count_failure(self, address: str, account: str | None, why: str) -> None:
+        if self.lockout is None:
+            return
+        keys = [address_key(address)] + ([account_key(account)] if account else [])
+        self.lockout.failure(*keys, reason=why)
+
+    def transport_failure(self, address: str, why: str) -> None:
+        """A connection that failed before any association (e.g. a TLS handshake)."""
+        log.warning("connection refused from %s: %s", address, why)
+        self.audit.record(
+            Action.ASSOCIATION, Outcome.REFUSED, Actor("unknown", "-", address), detail=why
+        )
+        self._count_failure(address, None, why)
 
     def allows(self, peer: Peer | None, service: Service) -> bool:
         """True when *peer* was granted *service*."""

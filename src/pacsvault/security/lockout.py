@@ -1,0 +1,125 @@
+"""Lockout: repeated failures from one source or for one account refuse it for a while.
+
+Failures and lockouts live in the index, so they survive a restart and every node
+of a scale-out site sees the same counters. A locked-out source gets the same
+refusal as any other failure, so a guesser learns nothing from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, insert, select
+
+from pacsvault.security.audit import Action, AuditTrail, Outcome
+from pacsvault.security.identity import Actor
+from pacsvault.storage import schema as s
+from pacsvault.storage.index import Index, write_transaction
+
+log = logging.getLogger("pacsvault.lockout")
+
+
+def address_key(address: str) -> str:
+    return f"address:{address}"
+
+
+def account_key(name: str) -> str:
+    return f"account:{name}"
+
+
+@dataclass(frozen=True)
+class LockoutEntry:
+    key: str
+    until: float
+    reason: str
+
+
+class Lockout:
+    """Counts failures per key and locks keys that pass the threshold within the window."""
+
+    def __init__(
+        self,
+        index: Index,
+        audit: AuditTrail,
+        *,
+        threshold: int = 5,
+        window: float = 900.0,
+        duration: float = 900.0,
+    ) -> None:
+        self.index = index
+        self.audit = audit
+        self.threshold = threshold
+        self.window = window
+        self.duration = duration
+
+    def locked(self, *keys: str) -> bool:
+        """True when any of *keys* is locked out now."""
+        now = time.time()
+        with self.index.engine.connect() as conn:
+            n = conn.scalar(
+                select(func.count())
+                .select_from(s.lockouts)
+                .where(s.lockouts.c.key.in_(keys), s.lockouts.c.until > now)
+            )
+        return bool(n)
+
+    def failure(self, *keys: str, reason: str) -> list[str]:
+        """Count one failure for each key; returns the keys this failure locked out."""
+        now = time.time()
+        locked: list[str] = []
+        with write_transaction(self.index.engine) as conn:
+            conn.execute(
+                delete(s.lockout_failures).where(s.lockout_failures.c.time < now - self.window)
+            )
+            for key in keys:
+                conn.execute(insert(s.lockout_failures).values(key=key, time=now))
+                count = conn.scalar(
+                    select(func.count())
+                    .select_from(s.lockout_failures)
+                    .where(s.lockout_failures.c.key == key)
+                )
+                active = conn.scalar(
+                    select(func.count())
+                    .select_from(s.lockouts)
+                    .where(s.lockouts.c.key == key, s.lockouts.c.until > now)
+                )
+                if (count or 0) >= self.threshold and not active:
+                    conn.execute(delete(s.lockouts).where(s.lockouts.c.key == key))
+                    conn.execute(
+                        insert(s.lockouts).values(key=key, until=now + self.duration, reason=reason)
+                    )
+                    conn.execute(delete(s.lockout_failures).where(s.lockout_failures.c.key == key))
+                    locked.append(key)
+        for key in locked:
+            log.warning(
+                "locked out %s for %.0f s after %d failures", key, self.duration, self.threshold
+            )
+            kind, _, name = key.partition(":")
+            self.audit.record(
+                Action.LOCKOUT,
+                Outcome.SUCCESS,
+                Actor(kind, name, name if kind == "address" else None),
+                detail=f"{key} locked for {self.duration:.0f} s after "
+                f"{self.threshold} failures ({reason})",
+            )
+        return locked
+
+    def entries(self) -> list[LockoutEntry]:
+        """Lockouts in force now."""
+        now = time.time()
+        with self.index.engine.connect() as conn:
+            rows = conn.execute(select(s.lockouts).where(s.lockouts.c.until > now)).mappings().all()
+        return [LockoutEntry(r["key"], r["until"], r["reason"]) for r in rows]
+
+    def clear(self, key: str | None = None) -> int:
+        """Lift the lockout of *key* (all lockouts when None) and forget its failures."""
+        with write_transaction(self.index.engine) as conn:
+            q = delete(s.lockouts)
+            f = delete(s.lockout_failures)
+            if key is not None:
+                q = q.where(s.lockouts.c.key == key)
+                f = f.where(s.lockout_failures.c.key == key)
+            conn.execute(f)
+            return conn.execute(q).rowcount
