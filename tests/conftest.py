@@ -68,6 +68,10 @@ def dcmtk(tool: str, *args: str, timeout: float = 120, env: dict[str, str] | Non
     )
 
 
+class PortTaken(Exception):
+    """The port drawn for a server was taken by another process meanwhile."""
+
+
 @dataclass
 class Server:
     """A running `pacsvault serve` process."""
@@ -80,6 +84,15 @@ class Server:
     tls_port: int = field(default_factory=lambda: free_port())
 
     def start(self, timeout: float = 30) -> None:
+        """Start and wait until listening; free ports are re-drawn if another process took one."""
+        for _attempt in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                self.port, self.tls_port = free_port(), free_port()
+        raise AssertionError("could not find free ports")
+
+    def _start(self, timeout: float) -> None:
         self.log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -93,6 +106,8 @@ class Server:
                 "127.0.0.1",
                 "--dicom-port",
                 str(self.port),
+                "--tls-port",
+                str(self.tls_port),
                 *self.extra_args,
             ],
             stdout=self.log,
@@ -101,6 +116,10 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.proc = None
+                self.log.close()
+                if "Address already in use" in self.log_text():
+                    raise PortTaken
                 raise AssertionError(f"server exited: {self.log_text()}")
             if b"listening on" in self.log_path.read_bytes():
                 return
