@@ -6,8 +6,10 @@ GB18030, UTF-8, Greek, Cyrillic, Hebrew, Arabic...) match and come back intact; 
 pydicom wheel's character-set test files show it.
 
 Each file of pydicom/data/charset_files is stored as received (raw bytes). Files
-without UIDs, and files reusing an earlier file's SOP Instance UID (the archive would
-keep the first copy), are stored as copies with fresh UIDs. Queries are sent in UTF-8
+without UIDs, files reusing an earlier file's SOP Instance UID (the archive would keep
+the first copy) and files whose file meta names another SOP instance than their
+dataset (the C-STORE would be refused as a mismatch) are stored as copies with fresh
+UIDs. Queries are sent in UTF-8
 (ISO_IR 192) whatever the stored character set.
 """
 
@@ -87,7 +89,13 @@ def prepare(out: Path) -> list[Stored]:
     for path in sorted(CHARSET_FILES.glob("*.dcm")):
         ds = _read(path)
         uids = [str(ds.get(k, "") or "") for k in UID_KEYS]
-        copy = not all(is_valid_uid(u) for u in uids) or uids[1] in seen
+        meta = ds.file_meta
+        copy = (
+            not all(is_valid_uid(u) for u in uids)
+            or uids[1] in seen  # the archive would keep the earlier file's copy
+            or meta.get("MediaStorageSOPInstanceUID") != uids[1]  # refused as a mismatch
+            or meta.get("MediaStorageSOPClassUID") != uids[0]
+        )
         sent = path
         if copy:
             # Elements not touched stay raw, so the names keep their original bytes.
@@ -296,7 +304,8 @@ def test_wildcard_on_the_family_name(loaded: Loaded) -> None:
     for f in named(loaded):
         assert f.name is not None
         pattern = _family(f.name) + "*"
-        found = matches(loaded.server, utf8_query("STUDY", PatientName=pattern, StudyInstanceUID=""))
+        query = utf8_query("STUDY", PatientName=pattern, StudyInstanceUID="")
+        found = matches(loaded.server, query)
         studies = {str(r.StudyInstanceUID) for r in found}
         expected = _expected_studies(loaded, pattern)
         assert f.study in expected  # the second implementation agrees the pattern fits
@@ -316,7 +325,8 @@ def test_wildcard_on_an_ideographic_component(loaded: Loaded) -> None:
     for f in grouped:
         assert f.name is not None
         pattern = "*=" + f.name.split("=")[1].split("^")[0] + "*"
-        found = matches(loaded.server, utf8_query("STUDY", PatientName=pattern, StudyInstanceUID=""))
+        query = utf8_query("STUDY", PatientName=pattern, StudyInstanceUID="")
+        found = matches(loaded.server, query)
         assert {str(r.StudyInstanceUID) for r in found} == _expected_studies(loaded, pattern)
         assert f.study in {str(r.StudyInstanceUID) for r in found}, (file_id(f), pattern)
 
@@ -367,3 +377,45 @@ def test_findscu_gets_the_japanese_name_intact(loaded: Loaded, tmp_path: Path) -
     assert rsp.RetrieveAETitle == SERVER_AET
     # Byte for byte the ISO 2022 encoding of the stored file, escape sequences included.
     assert _raw_name(responses[0]) == _raw_name(f.original)
+
+
+def test_patient_name_stays_intact_across_studies_in_other_charsets(
+    server: Server, tmp_path: Path
+) -> None:
+    """One patient, two studies: the first in UTF-8 with an ideographic name, the second
+    without SpecificCharacterSet (default repertoire) and the name in ASCII only.
+
+    Querying the second study must not send the patient's indexed name under a character
+    set that cannot represent it (it would come back as 'Wang^XiaoDong=?^??')."""
+    first = CHARSET_FILES / "chrX1.dcm"
+    ds = _read(first)
+    del ds.SpecificCharacterSet
+    ds.PatientName = "Wang^XiaoDong"
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=["ascii copy", "instance"])
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["ascii copy", "study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["ascii copy", "series"])
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    second = tmp_path / "ascii.dcm"
+    ds.save_as(second)
+
+    contexts = [(str(ds.SOPClassUID), EXPLICIT_LE)]
+    old = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        assoc = associate(server, contexts)
+        try:
+            statuses = [assoc.send_c_store(p).get("Status") for p in (first, second)]
+        finally:
+            assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = old
+    assert statuses == [0x0000, 0x0000]
+
+    names = {"Wang^XiaoDong=王^小東", "Wang^XiaoDong"}
+    for study in (str(_read(first).StudyInstanceUID), str(ds.StudyInstanceUID)):
+        for level in ("STUDY", "IMAGE"):
+            found = matches(server, utf8_query(level, StudyInstanceUID=study, PatientName=""))
+            assert len(found) == 1
+            got = str(found[0].PatientName)
+            charset = charset_values(found[0].get("SpecificCharacterSet"))
+            assert got in names, (level, study, got, charset)

@@ -24,6 +24,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.pixels.utils import get_expected_length
 from pynetdicom import AE, _config, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (
@@ -81,6 +82,16 @@ def _read(path: Path) -> Dataset | None:
             return None
 
 
+def _truncated(ds: Dataset) -> bool:
+    """True when uncompressed Pixel Data is shorter than its rows, columns and bits need."""
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        return False
+    try:
+        return len(ds.PixelData) < get_expected_length(ds)
+    except Exception:
+        return False
+
+
 def valid_images() -> list[Image]:
     """Bundled files pydicom reads as valid images, in a stable order.
 
@@ -106,6 +117,8 @@ def valid_images() -> list[Image]:
             continue
         if meta.get("MediaStorageSOPClassUID") != uids[0]:
             continue
+        if _truncated(ds):
+            continue  # e.g. MR_truncated.dcm: see test_truncated_bundled_file_is_refused
         out.append(Image(path, str(meta.TransferSyntaxUID), *uids, dataset_bytes(path)))
     return out
 
@@ -466,7 +479,9 @@ def malformed_cases() -> list[tuple[str, str, str, str, bytes, int]]:
     return cases
 
 
-CASES = malformed_cases()
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # pydicom warns about the invalid UIDs, on purpose here
+    CASES = malformed_cases()
 
 
 @pytest.fixture(scope="module")
@@ -504,6 +519,20 @@ def test_malformed_dataset_refused(
     assert (instance_count(server), blob_files(server)) == before
     assert server.proc is not None and server.proc.poll() is None
     assert echo_works(server)
+
+
+def test_truncated_bundled_file_is_refused(refusing: Server, raw_send: None) -> None:
+    """pydicom's own MR_truncated.dcm (pixel data cut short) is refused, not stored."""
+    path = TEST_FILES / "MR_truncated.dcm"
+    ds = _read(path)
+    assert ds is not None and _truncated(ds)
+    before = instance_count(refusing)
+    (status,) = store_files(
+        refusing, [path], {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))}
+    )
+    assert status.get("Status") == 0xC000
+    assert "truncated" in status.get("ErrorComment", "")
+    assert instance_count(refusing) == before
 
 
 def test_valid_control_case_is_stored(refusing: Server, raw_send: None, tmp_path: Path) -> None:

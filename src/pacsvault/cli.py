@@ -71,6 +71,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     tls = None
     if settings.tls.enabled:
         try:
+            note = expiry_note(site.tls_files()[0])
+            if "WARNING" in note or "EXPIRED" in note:
+                log.warning("DICOM-TLS server certificate %s", note)
             tls = site.tls_context()
         except (OSError, ValueError) as exc:
             site.close()

@@ -11,7 +11,7 @@ import zlib
 from io import BytesIO
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filereader import read_dataset, read_preamble
+from pydicom.filereader import data_element_generator, read_dataset, read_preamble
 from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, generate_uid
@@ -68,6 +68,7 @@ def parse_dataset(data: bytes, transfer_syntax: str) -> Dataset:
     try:
         if ts.is_deflated:
             data = zlib.decompress(data, -zlib.MAX_WBITS)
+        _check_lengths(data, ts.is_implicit_VR, ts.is_little_endian)
         ds = read_dataset(
             BytesIO(data),
             is_implicit_VR=ts.is_implicit_VR,
@@ -77,11 +78,36 @@ def parse_dataset(data: bytes, transfer_syntax: str) -> Dataset:
         # Touch every top-level element so malformed ones fail here, not later.
         for elem in ds:
             _ = elem.value
+    except NotDicom:
+        raise
     except Exception as exc:
         raise NotDicom(f"unreadable dataset ({type(exc).__name__})") from None
     if len(ds) == 0:
         raise NotDicom("empty dataset")
     return ds
+
+
+def _check_lengths(data: bytes, implicit: bool, little: bool) -> None:
+    """Raise NotDicom when a top-level element declares more bytes than the data holds.
+
+    pydicom reads a short value without complaint, and indexing stops before the
+    pixel data, so truncation (a cut connection, a corrupt file) is caught here:
+    every defined length must be present in full, every undefined length must end
+    with its delimiter.
+    """
+    fp = BytesIO(data)
+    size = len(data)
+    try:
+        for raw in data_element_generator(fp, implicit, little, defer_size=None):
+            length = getattr(raw, "length", 0xFFFFFFFF)  # parsed sequences have no length
+            if length != 0xFFFFFFFF and len(raw.value or b"") != length:
+                raise NotDicom("truncated element: the dataset ends inside a value")
+            if fp.tell() > size:
+                raise NotDicom("truncated dataset")
+    except NotDicom:
+        raise
+    except Exception as exc:
+        raise NotDicom(f"unreadable dataset ({type(exc).__name__})") from None
 
 
 def file_header(

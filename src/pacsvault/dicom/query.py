@@ -6,10 +6,12 @@ later, QIDO-RS, which builds the same conditions from URL parameters).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydicom.charset import convert_encodings, encode_string
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -88,6 +90,33 @@ def _value_for(vr: str, text: Any) -> Any:
     return text
 
 
+UTF8 = "ISO_IR 192"
+
+
+def response_charset(stored: str | None, ds: Dataset) -> str | None:
+    """The character set of a response: the stored object's, when it can encode every text.
+
+    Values of one response may come from objects sent in different character sets
+    (a patient's first study in one, a later one in another); when the stored set
+    cannot encode them all, the response is UTF-8 so nothing is lost.
+    """
+    texts = [str(e.value) for e in ds if e.VR in _TEXT_VRS and e.value]
+    if stored is None and all(t.isascii() for t in texts):
+        return None
+    encodings = convert_encodings((stored or "ISO_IR 6").split("\\"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for text in texts:
+                encode_string(text, encodings)
+    except (UnicodeError, UserWarning, LookupError):
+        return UTF8
+    return stored
+
+
+_TEXT_VRS = {"PN", "LO", "SH", "ST", "LT", "UT", "UC"}
+
+
 def find_response(
     identifier: Dataset, query: Query, row: Mapping[str, Any], retrieve_aet: str, model: str
 ) -> Dataset:
@@ -99,9 +128,6 @@ def find_response(
     stored object's, so names come back in the character set they were sent in.
     """
     ds = Dataset()
-    charset = row.get("charset")
-    if charset:
-        ds.SpecificCharacterSet = charset.split("\\") if "\\" in charset else charset
     ds.QueryRetrieveLevel = query.level.value
     ds.RetrieveAETitle = retrieve_aet
     for elem in identifier:
@@ -115,6 +141,9 @@ def find_response(
             ds.add_new(tag, vr, [] if vr == "SQ" else None)
         else:
             ds.add_new(tag, vr, _value_for(vr, value))
+    charset = response_charset(row.get("charset"), ds)
+    if charset:
+        ds.SpecificCharacterSet = charset.split("\\") if "\\" in charset else charset
     top = Level.PATIENT if model == PATIENT_ROOT else Level.STUDY
     for lvl in Level:
         if top.depth <= lvl.depth <= query.level.depth:

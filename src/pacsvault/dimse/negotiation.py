@@ -147,8 +147,12 @@ class PolicyACSE(ACSE):
         self.assoc.pacsvault_user = decision.user  # type: ignore[attr-defined]
         peer = cast(Peer, decision.peer)
 
-        active = [a for a in self.assoc.ae.active_associations if a.is_acceptor]
-        if len(active) > self.assoc.ae.maximum_associations:
+        # Only established associations count: silent or half-open connections must not
+        # use up the limit for everyone else (they time out on their own).
+        active = [
+            a for a in self.assoc.ae.active_associations if a.is_acceptor and a.is_established
+        ]
+        if len(active) >= self.assoc.ae.maximum_associations:
             log.warning("association rejected: local limit of associations reached")
             self._reject(0x02, 0x03, 0x02)
             return
@@ -212,13 +216,15 @@ def request_handler(
             sock = cast(socket.socket, self.request)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # A peer that goes quiet mid-PDU must not hold a thread forever.
+            sock.settimeout(self.ae.network_timeout)
             info = None
             if tls is not None:
                 address = str(self.client_address[0])
                 try:
                     sock.settimeout(handshake_timeout)
                     tls_sock = tls.wrap_socket(sock, server_side=True)
-                    tls_sock.settimeout(None)
+                    tls_sock.settimeout(self.ae.network_timeout)
                 except (ssl.SSLError, OSError) as exc:
                     reason = getattr(exc, "reason", None) or type(exc).__name__
                     policy.transport_failure(address, f"TLS handshake failed: {reason}")
