@@ -21,11 +21,11 @@ debs:
 	scripts/ensure-debian-packages /usr/bin/storescu:dcmtk /usr/sbin/Orthanc:orthanc
 
 test: venv debs
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: venv
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check .
 
 # Demo only: registers a loopback workstation DEMOSCU allowed every service.
 run: venv debs
