@@ -66,3 +66,35 @@ def test_time_ranges_pad_their_bounds() -> None:
 
 def test_modalities_in_study_is_a_value_list() -> None:
     assert cond("ModalitiesInStudy", "CT\\MR") == AnyOf(("CT", "MR"))
+
+
+@pytest.mark.parametrize("source_aet", ["STORESCU", "ODD", None])
+def test_file_header_equals_pydicoms(source_aet: str | None) -> None:
+    from io import BytesIO
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+
+    from pacsvault.dicom.part10 import (
+        IMPLEMENTATION_CLASS_UID,
+        IMPLEMENTATION_VERSION_NAME,
+        file_header,
+        split_part10,
+    )
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = "1.2.3.44"
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if source_aet:
+        meta.SourceApplicationEntityTitle = source_aet
+    expected = BytesIO()
+    expected.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(expected, meta, enforce_standard=True)
+    ours = file_header(
+        "1.2.840.10008.5.1.4.1.1.2", "1.2.3.44", "1.2.840.10008.1.2.4.50", source_aet
+    )
+    assert ours == expected.getvalue()
+    assert split_part10(ours) == ("1.2.840.10008.1.2.4.50", len(ours))

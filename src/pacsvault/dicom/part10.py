@@ -7,12 +7,12 @@ header.
 
 from __future__ import annotations
 
+import struct
 import zlib
 from io import BytesIO
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator, read_dataset, read_preamble
-from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, generate_uid
 
@@ -75,9 +75,6 @@ def parse_dataset(data: bytes, transfer_syntax: str) -> Dataset:
             is_little_endian=ts.is_little_endian,
             stop_when=_at_pixel_data,
         )
-        # Touch every top-level element so malformed ones fail here, not later.
-        for elem in ds:
-            _ = elem.value
     except NotDicom:
         raise
     except Exception as exc:
@@ -110,19 +107,41 @@ def _check_lengths(data: bytes, implicit: bool, little: bool) -> None:
         raise NotDicom(f"unreadable dataset ({type(exc).__name__})") from None
 
 
+def _element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element of the file meta group."""
+    group, elem = tag >> 16, tag & 0xFFFF
+    if vr in (b"OB", b"UN"):
+        return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def _pad(value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+_VERSION = _element(0x00020001, b"OB", b"\x00\x01")
+_IMPLEMENTATION = _element(0x00020012, b"UI", _pad(IMPLEMENTATION_CLASS_UID, b"\x00")) + _element(
+    0x00020013, b"SH", _pad(IMPLEMENTATION_VERSION_NAME, b" ")
+)
+
+
 def file_header(
     sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_aet: str | None
 ) -> bytes:
-    """Preamble, ``DICM`` and the file meta information group for one stored object."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    """Preamble, ``DICM`` and the file meta information group for one stored object.
+
+    Built directly (it is on the ingest path of every instance); the bytes equal what
+    pydicom's ``write_file_meta_info`` writes for the same values (see the tests).
+    The UIDs must be valid (ASCII) already.
+    """
+    body = (
+        _VERSION
+        + _element(0x00020002, b"UI", _pad(sop_class_uid, b"\x00"))
+        + _element(0x00020003, b"UI", _pad(sop_instance_uid, b"\x00"))
+        + _element(0x00020010, b"UI", _pad(transfer_syntax, b"\x00"))
+        + _IMPLEMENTATION
+    )
     if source_aet:
-        meta.SourceApplicationEntityTitle = source_aet
-    buf = BytesIO()
-    buf.write(_PREAMBLE)
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    return buf.getvalue()
+        body += _element(0x00020016, b"AE", _pad(source_aet.strip(), b" "))
+    return _PREAMBLE + _element(0x00020000, b"UL", struct.pack("<I", len(body))) + body
