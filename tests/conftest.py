@@ -93,6 +93,7 @@ class Server:
         raise AssertionError("could not find free ports")
 
     def _start(self, timeout: float) -> None:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -121,7 +122,7 @@ class Server:
                 if "Address already in use" in self.log_text():
                     raise PortTaken
                 raise AssertionError(f"server exited: {self.log_text()}")
-            if b"listening on" in self.log_path.read_bytes():
+            if b"listening on" in self.log_path.read_bytes()[offset:]:
                 return
             time.sleep(0.05)
         raise AssertionError(f"server did not start: {self.log_text()}")

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -428,6 +429,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pydicom's warnings about invalid values quote the values, which may be patient
+    # data (DESIGN invariant 8); a refusal is reported by our own messages instead.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"pydicom\..*")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom")
     try:
         return int(args.func(args))
     except (CommandError, SettingsError, SiteError, PeerError, UserError) as exc:

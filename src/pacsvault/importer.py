@@ -13,7 +13,7 @@ from typing import TextIO
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacsvault.dicom.part10 import NotDicom, parse_dataset, split_part10
-from pacsvault.security.audit import Action
+from pacsvault.security.audit import Action, Outcome
 from pacsvault.security.identity import Actor
 from pacsvault.storage.archive import Archive, StoreStatus
 
@@ -58,6 +58,10 @@ def walk(paths: Iterable[Path]) -> Iterator[Path]:
                         yield p
 
 
+class DamagedDicom(NotDicom):
+    """A file that says it is DICOM (it has the ``DICM`` marker) but cannot be read."""
+
+
 def dataset_of(data: bytes) -> tuple[str, bytes]:
     """(transfer syntax, dataset bytes) of a Part-10 file or a bare dataset.
 
@@ -69,7 +73,7 @@ def dataset_of(data: bytes) -> tuple[str, bytes]:
         return ts, data[offset:]
     except NotDicom as exc:
         if data[128:132] == b"DICM":
-            raise exc
+            raise DamagedDicom(str(exc)) from None
     for ts in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
         try:
             ds = parse_dataset(data, ts)
@@ -118,6 +122,10 @@ def import_paths(archive: Archive, actor: Actor, paths: list[Path]) -> ImportSum
             continue
         try:
             ts, dataset = dataset_of(data)
+        except DamagedDicom as exc:
+            summary.refused[f"invalid: {exc}"] += 1
+            archive.audit.record(Action.IMPORT, Outcome.REFUSED, actor, detail=f"invalid: {exc}")
+            continue
         except NotDicom:
             summary.skipped += 1
             continue
