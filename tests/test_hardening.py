@@ -1,0 +1,63 @@
+"""Settings lint: each weakened setting is reported, the defaults pass."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pacsvault.config import load_settings
+from pacsvault.security.hardening import check_peers, check_settings
+from pacsvault.security.peers import Peer, Service, TlsMode
+
+
+def failed(checks) -> set[str]:
+    return {c.name for c in checks if not c.ok}
+
+
+def test_defaults_pass_except_the_find_cap(data_dir: Path) -> None:
+    checks = check_settings(load_settings(data_dir), data_dir)
+    assert failed(checks) == {"C-FIND result cap"}
+    assert {c.severity for c in checks if not c.ok} == {"low"}
+
+
+def test_each_weakened_setting_is_reported(data_dir: Path) -> None:
+    path = data_dir / "pacsvault.toml"
+    text = path.read_text()
+    for old, new in (
+        ('bind = "127.0.0.1"', 'bind = "0.0.0.0"'),
+        ("cleartext_networks = []", 'cleartext_networks = ["10.0.0.0/8"]'),
+        ("enabled = true", "enabled = false"),
+        ("allow_passcode_without_tls = false", "allow_passcode_without_tls = true"),
+        ("lockout_threshold = 5", "lockout_threshold = 50"),
+        ("fsync = true", "fsync = false"),
+    ):
+        assert old in text
+        text = text.replace(old, new)
+    path.write_text(text)
+    os.chmod(data_dir, 0o755)
+    checks = check_settings(load_settings(data_dir), data_dir)
+    assert failed(checks) == {
+        "cleartext DICOM",
+        "DICOM-TLS",
+        "passcodes over cleartext",
+        "lockout",
+        "durability (fsync)",
+        "C-FIND result cap",
+        "mode of data",
+    }
+
+
+def test_weak_peers_are_reported() -> None:
+    every = frozenset(Service)
+    peers = [
+        Peer("ok", "OK", "10.1.2.3", None, every, TlsMode.REQUIRED),
+        Peer("wide", "WIDE", "0.0.0.0/0", None, every),
+        Peer("plain", "PLAIN", "10.1.2.4", None, every, TlsMode.OFF),
+        Peer("nocert", "NOCERT", "10.1.2.5", None, every, TlsMode.REQUIRED, "none"),
+    ]
+    assert failed(check_peers(peers)) == {
+        "peer wide address",
+        "peer plain TLS",
+        "peer nocert client certificate",
+    }
+    assert not failed(check_peers(peers[:1]))
