@@ -189,21 +189,33 @@ def make_server(tmp_path: Path) -> Iterator:
         s.stop()
 
 
+ALL_SERVICES = "echo,store,find,move,get"
+
+
+def add_test_peer(data: Path, allow: str = ALL_SERVICES, port: int | None = None) -> None:
+    """Register TESTSCU at 127.0.0.1 with the *allow* services (and a port for C-MOVE)."""
+    extra = ["--port", str(port)] if port else []
+    cli(data, "peer", "add", "test", "--aet", CLIENT_AET, "--host", "127.0.0.1",
+        "--allow", allow, *extra)  # fmt: skip
+
+
+def start_server(tmp: Path, allow: str = ALL_SERVICES, port: int | None = None) -> Server:
+    """A server of its own under *tmp* (for module-scoped fixtures): init, TESTSCU, start.
+
+    The caller stops it.
+    """
+    data = tmp / "data"
+    cli(data, "init", "--aet", SERVER_AET)
+    add_test_peer(data, allow, port)
+    server = Server(data, free_port(), tmp / "server.log")
+    server.start()
+    return server
+
+
 @pytest.fixture
 def server(data_dir: Path, make_server) -> Server:
     """A server with one peer, TESTSCU at 127.0.0.1, granted every service."""
-    cli(
-        data_dir,
-        "peer",
-        "add",
-        "test",
-        "--aet",
-        CLIENT_AET,
-        "--host",
-        "127.0.0.1",
-        "--allow",
-        "echo,store,find,move,get",
-    )
+    add_test_peer(data_dir)
     return make_server(data_dir)
 
 

@@ -29,7 +29,7 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from conftest import CLIENT_AET, SERVER_AET, Server, cli, dcmtk, free_port
+from conftest import CLIENT_AET, SERVER_AET, Server, dcmtk, start_server
 from pacsvault.dicom.uids import is_valid_uid
 
 CHARSET_FILES = Path(pydicom.__file__).parent / "data" / "charset_files"
@@ -145,22 +145,7 @@ def associate(server: Server, contexts: list[tuple[str, str]]) -> Association:
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
     tmp = tmp_path_factory.mktemp("charsets")
-    data = tmp / "data"
-    cli(data, "init", "--aet", SERVER_AET)
-    cli(
-        data,
-        "peer",
-        "add",
-        "test",
-        "--aet",
-        CLIENT_AET,
-        "--host",
-        "127.0.0.1",
-        "--allow",
-        "echo,store,find",
-    )
-    server = Server(data, free_port(), tmp / "server.log")
-    server.start()
+    server = start_server(tmp, allow="echo,store,find")
     files = prepare(tmp / "copies")
     contexts = set()
     for f in files:

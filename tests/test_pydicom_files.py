@@ -33,7 +33,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from conftest import CLIENT_AET, SERVER_AET, Server, cli, dataset_bytes, free_port
+from conftest import CLIENT_AET, SERVER_AET, Server, dataset_bytes, start_server
 from pacsvault.dicom.uids import is_valid_uid
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -187,27 +187,6 @@ def blob_files(server: Server) -> int:
     return sum(1 for p in server.data.rglob("*.dcm") if p.is_file())
 
 
-def start_server(tmp: Path) -> Server:
-    """A server of its own in *tmp*, with TESTSCU granted every service."""
-    data = tmp / "data"
-    cli(data, "init", "--aet", SERVER_AET)
-    cli(
-        data,
-        "peer",
-        "add",
-        "test",
-        "--aet",
-        CLIENT_AET,
-        "--host",
-        "127.0.0.1",
-        "--allow",
-        "echo,store,find,move,get",
-    )
-    server = Server(data, free_port(), tmp / "server.log")
-    server.start()
-    return server
-
-
 # -- the stored set --------------------------------------------------------------------
 
 
@@ -286,8 +265,7 @@ def test_index_holds_the_first_copy_of_each_instance(loaded: Loaded) -> None:
         rows = {
             r[0]: (r[1], r[2], r[3])
             for r in conn.execute(
-                "SELECT sop_instance_uid, sop_class_uid, transfer_syntax_uid, sha256 "
-                "FROM instances"
+                "SELECT sop_instance_uid, sop_class_uid, transfer_syntax_uid, sha256 FROM instances"
             )
         }
     expected = {

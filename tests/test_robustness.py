@@ -28,7 +28,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from conftest import CLIENT_AET, SERVER_AET, Server, cli, free_port
+from conftest import CLIENT_AET, SERVER_AET, Server, add_test_peer, cli, free_port
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -141,22 +141,7 @@ def set_dicom_setting(data: Path, key: str, value: str) -> None:
     path.write_text(text)
 
 
-def add_test_peer(data: Path) -> None:
-    cli(
-        data,
-        "peer",
-        "add",
-        "test",
-        "--aet",
-        CLIENT_AET,
-        "--host",
-        "127.0.0.1",
-        "--allow",
-        "echo,store,find,move,get",
-    )
-
-
-def start_server(tmp: Path, demo_patients: int = 0, **settings: str) -> Server:
+def start_tuned_server(tmp: Path, demo_patients: int = 0, **settings: str) -> Server:
     """A server of its own in *tmp*: TESTSCU granted every service, [dicom] *settings*."""
     data = tmp / "data"
     cli(data, "init", "--aet", SERVER_AET)
@@ -181,7 +166,7 @@ GRACE = 6.0
 @pytest.fixture(scope="module")
 def wire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for every bad-input-on-the-wire test, with short timeouts."""
-    server = start_server(
+    server = start_tuned_server(
         tmp_path_factory.mktemp("wire"),
         acse_timeout=str(ACSE_TIMEOUT),
         network_timeout=str(NETWORK_TIMEOUT),
@@ -317,7 +302,7 @@ def test_tls_client_is_disconnected(wire: Server) -> None:
 @pytest.fixture(scope="module")
 def few_associations(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server allowing 4 simultaneous associations."""
-    server = start_server(tmp_path_factory.mktemp("few"), max_associations="4")
+    server = start_tuned_server(tmp_path_factory.mktemp("few"), max_associations="4")
     yield server
     server.stop()
 
@@ -348,7 +333,7 @@ DEMO_PATIENTS = 38  # 8 instances each: 304 instances
 
 @pytest.fixture(scope="module")
 def many(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(tmp_path_factory.mktemp("many"), demo_patients=DEMO_PATIENTS)
+    server = start_tuned_server(tmp_path_factory.mktemp("many"), demo_patients=DEMO_PATIENTS)
     yield server
     server.stop()
 
@@ -467,7 +452,7 @@ INVALID = {
 @pytest.fixture(scope="module")
 def query_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server, with a few instances, for all the invalid-identifier cases."""
-    server = start_server(tmp_path_factory.mktemp("queries"), demo_patients=2)
+    server = start_tuned_server(tmp_path_factory.mktemp("queries"), demo_patients=2)
     yield server
     server.stop()
 
