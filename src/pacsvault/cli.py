@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -92,6 +93,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.stop()
         site.close()
         raise CommandError(f"cannot listen on {dicom.bind}: {exc.strerror}") from None
+    forwarder = None
+    if settings.audit.syslog_host:
+        from pacsvault.security.audit_forward import AuditForwarder
+
+        forwarder = AuditForwarder(site.index, settings.audit, dicom.ae_title)
+        forwarder.start()
     listeners = ", ".join(
         f"{host}:{port} ({'TLS' if kind == 'dicom-tls' else 'cleartext'})"
         for kind, host, port in server.listeners
@@ -116,6 +123,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pass
     server.stop()
     site.archive.audit.record(Action.APPLICATION_STOP, Outcome.SUCCESS, operator)
+    site.archive.audit.checkpoint()
+    if forwarder is not None:
+        forwarder.stop()
     site.close()
     print("pacsvault stopped", flush=True)
     return 0
@@ -408,8 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tls)
 
     from pacsvault.scan.cli import register as register_scan
+    from pacsvault.security.audit_cli import register as register_audit
 
     register_scan(sub, common)
+    register_audit(sub, common)
 
     p = sub.add_parser("demo", parents=[common], help="load synthetic demo studies")
     p.add_argument("--patients", type=int, default=5)
@@ -436,6 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom")
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
     except (CommandError, SettingsError, SiteError, PeerError, UserError) as exc:
         print(f"pacsvault: {exc}", file=sys.stderr)
         return 2

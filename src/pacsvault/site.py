@@ -113,6 +113,7 @@ def open_site(data_dir: Path, settings: Settings | None = None) -> Site:
         duplicate_policy=settings.dicom.duplicate_policy,
         pseudonyms=pseudonymizer(data_dir),
         audit_signer=load_signer(data_dir),
+        checkpoint_every=settings.audit.checkpoint_every,
     )
     return Site(data_dir, settings, index, blobs, archive, PeerRegistry(index))
 

@@ -87,6 +87,11 @@ def record_hash(prev_hash: str, row: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
+def checkpoint_statement(seq: int, digest: str) -> bytes:
+    """What a checkpoint signature covers."""
+    return f"pacsvault-audit-checkpoint:{seq}:{digest}".encode()
+
+
 def read_head(conn: Connection) -> tuple[int, str]:
     """(sequence number, hash) of the last record; (0, genesis) for an empty trail."""
     value = conn.scalar(select(s.settings_kv.c.value).where(s.settings_kv.c.key == HEAD_KEY))
@@ -119,11 +124,17 @@ class AuditTrail:
     """Writes audit rows, through the group-commit writer when one is running."""
 
     def __init__(
-        self, index: Index, submit: Submit | None = None, *, signer: AuditSigner | None = None
+        self,
+        index: Index,
+        submit: Submit | None = None,
+        *,
+        signer: AuditSigner | None = None,
+        checkpoint_every: int = 100,
     ) -> None:
         self.index = index
         self._submit = submit
         self.signer = signer
+        self.checkpoint_every = checkpoint_every
 
     def row(
         self,
@@ -165,6 +176,39 @@ class AuditTrail:
         row["hash"] = record_hash(prev, row)
         conn.execute(insert(s.audit_events).values(**row))
         _write_head(conn, row["seq"], row["hash"])
+        if self.signer is not None and row["seq"] % self.checkpoint_every == 0:
+            self._checkpoint(conn, row["seq"], row["hash"])
+
+    def _checkpoint(self, conn: Connection, seq: int, digest: str) -> None:
+        assert self.signer is not None
+        exists_already = conn.scalar(
+            select(s.audit_checkpoints.c.seq).where(s.audit_checkpoints.c.seq == seq)
+        )
+        if exists_already is None:
+            conn.execute(
+                insert(s.audit_checkpoints).values(
+                    seq=seq,
+                    hash=digest,
+                    time=time.time(),
+                    signature=self.signer.sign(checkpoint_statement(seq, digest)),
+                )
+            )
+
+    def checkpoint(self) -> None:
+        """Sign the current head now (at shutdown), so a truncated tail is detectable."""
+        if self.signer is None:
+            return
+
+        def op(conn: Connection) -> None:
+            seq, digest = read_head(conn)
+            if seq:
+                self._checkpoint(conn, seq, digest)
+
+        if self._submit is not None:
+            self._submit(op)
+        else:
+            with write_transaction(self.index.engine) as conn:
+                op(conn)
 
     def record(
         self,

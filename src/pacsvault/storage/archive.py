@@ -83,13 +83,16 @@ class Archive:
         duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST,
         pseudonyms: Pseudonymizer,
         audit_signer: AuditSigner | None = None,
+        checkpoint_every: int = 100,
     ) -> None:
         self.index = index
         self.blobs = blobs
         self.duplicate_policy = duplicate_policy
         self.pseudonyms = pseudonyms
         self.writer = IndexWriter(index.engine)
-        self.audit = AuditTrail(index, self.writer.submit, signer=audit_signer)
+        self.audit = AuditTrail(
+            index, self.writer.submit, signer=audit_signer, checkpoint_every=checkpoint_every
+        )
         self._locks = [threading.Lock() for _ in range(self._LOCK_STRIPES)]
 
     def close(self) -> None:

@@ -1,0 +1,143 @@
+"""Live forwarding of audit records to a syslog collector over TLS (RFC 5424 over RFC 5425).
+
+The audit table is the queue: the forwarder remembers the last sequence number the
+collector accepted (in ``meta``) and sends every later record in order. When the
+collector is unreachable it retries with backoff, so an outage delays messages but
+loses none; after a restart it resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import insert, select, update
+
+from pacsvault.config import AuditSettings
+from pacsvault.security.audit_message import audit_message
+from pacsvault.storage import schema as s
+from pacsvault.storage.index import Index
+
+log = logging.getLogger("pacsvault.audit")
+
+STATE_KEY = "audit_forwarded"
+FACILITY_AUTHPRIV = 10
+SEVERITY = {"success": 5, "warning": 4, "refused": 4, "failure": 3}  # notice, warning, error
+
+
+def syslog_frame(row: Mapping[str, Any], source_id: str, hostname: str) -> bytes:
+    """One record as an RFC 5424 message, octet-counted for RFC 5425 transport."""
+    pri = FACILITY_AUTHPRIV * 8 + SEVERITY.get(row["outcome"], 3)
+    stamp = dt.datetime.fromtimestamp(row["time"], dt.UTC).isoformat(timespec="microseconds")
+    header = f"<{pri}>1 {stamp.replace('+00:00', 'Z')} {hostname} pacsvault - DICOM+RFC3881 -"
+    body = f"{header} {audit_message(row, source_id)}".encode()
+    return f"{len(body)} ".encode() + body
+
+
+class AuditForwarder:
+    """A background thread sending new audit records to the configured collector."""
+
+    def __init__(self, index: Index, settings: AuditSettings, source_id: str) -> None:
+        self.index = index
+        self.settings = settings
+        self.source_id = source_id
+        self.hostname = socket.gethostname() or "-"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="audit-forwarder", daemon=True)
+        self._sock: ssl.SSLSocket | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Send what is pending if the collector is there (up to *timeout*), then stop."""
+        self._stop.set()
+        self._thread.join(timeout)
+        self._close()
+
+    def _context(self) -> ssl.SSLContext:
+        cfg = self.settings
+        ctx = ssl.create_default_context(cafile=cfg.syslog_ca_file or None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if cfg.syslog_client_cert:
+            ctx.load_cert_chain(cfg.syslog_client_cert, cfg.syslog_client_key or None)
+        return ctx
+
+    def _connect(self) -> ssl.SSLSocket:
+        if self._sock is None:
+            cfg = self.settings
+            raw = socket.create_connection((cfg.syslog_host, cfg.syslog_port), timeout=10)
+            self._sock = self._context().wrap_socket(raw, server_hostname=cfg.syslog_host)
+        return self._sock
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+
+    def _forwarded(self) -> int:
+        with self.index.engine.connect() as conn:
+            value = conn.scalar(
+                select(s.settings_kv.c.value).where(s.settings_kv.c.key == STATE_KEY)
+            )
+        return int(value) if value else 0
+
+    def _save(self, seq: int) -> None:
+        with self.index.engine.begin() as conn:
+            done = conn.execute(
+                update(s.settings_kv).where(s.settings_kv.c.key == STATE_KEY).values(value=str(seq))
+            ).rowcount
+            if not done:
+                conn.execute(insert(s.settings_kv).values(key=STATE_KEY, value=str(seq)))
+
+    def send_pending(self) -> int:
+        """Send every record not yet forwarded; returns how many were sent. Raises OSError."""
+        sent = 0
+        last = self._forwarded()
+        while True:
+            with self.index.engine.connect() as conn:
+                rows = (
+                    conn.execute(
+                        select(s.audit_events)
+                        .where(s.audit_events.c.seq > last)
+                        .order_by(s.audit_events.c.seq)
+                        .limit(200)
+                    )
+                    .mappings()
+                    .all()
+                )
+            if not rows:
+                return sent
+            sock = self._connect()
+            for row in rows:
+                sock.sendall(syslog_frame(row, self.source_id, self.hostname))
+                last = row["seq"]
+                sent += 1
+            self._save(last)
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            stopping = self._stop.is_set()
+            try:
+                self.send_pending()
+                backoff = 0.5
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("audit forwarding to %s failed (%s); will retry",
+                            self.settings.syslog_host, type(exc).__name__)  # fmt: skip
+                self._close()
+                backoff = min(backoff * 2, 30.0)
+                if stopping:
+                    return
+                self._stop.wait(backoff)
+                continue
+            if stopping:
+                return
+            self._stop.wait(0.5)
