@@ -14,10 +14,8 @@ def failed(checks) -> set[str]:
     return {c.name for c in checks if not c.ok}
 
 
-def test_defaults_pass_except_the_find_cap(data_dir: Path) -> None:
-    checks = check_settings(load_settings(data_dir), data_dir)
-    assert failed(checks) == {"C-FIND result cap"}
-    assert {c.severity for c in checks if not c.ok} == {"low"}
+def test_defaults_pass(data_dir: Path) -> None:
+    assert failed(check_settings(load_settings(data_dir), data_dir)) == set()
 
 
 def test_each_weakened_setting_is_reported(data_dir: Path) -> None:
@@ -42,7 +40,6 @@ def test_each_weakened_setting_is_reported(data_dir: Path) -> None:
         "passcodes over cleartext",
         "lockout",
         "durability (fsync)",
-        "C-FIND result cap",
         "mode of data",
     }
 
@@ -61,3 +58,32 @@ def test_weak_peers_are_reported() -> None:
         "peer nocert client certificate",
     }
     assert not failed(check_peers(peers[:1]))
+
+
+def test_doctor_against_a_running_server(server) -> None:
+    from conftest import cli
+
+    settings = server.data / "pacsvault.toml"
+    settings.write_text(settings.read_text().replace("port = 2762", f"port = {server.tls_port}"))
+    out = cli(server.data, "doctor")
+    assert "PASS  TLS listener rejects TLS 1.1" in out.stdout
+    assert "speaks TLSv1.3" in out.stdout
+    assert "0 failed" in out.stdout
+
+
+def test_doctor_reports_each_weakened_setting(data_dir: Path) -> None:
+    from conftest import cli
+
+    path = data_dir / "pacsvault.toml"
+    path.write_text(
+        path.read_text()
+        .replace("allow_passcode_without_tls = false", "allow_passcode_without_tls = true")
+        .replace("fsync = true", "fsync = false")
+        .replace("lockout_duration = 900", "lockout_duration = 60")
+    )
+    cli(data_dir, "peer", "add", "any", "--aet", "ANY", "--host", "0.0.0.0/0", "--allow", "find")
+    out = cli(data_dir, "doctor", check=False)
+    assert out.returncode == 1
+    for name in ("passcodes over cleartext", "durability (fsync)", "lockout", "peer any address"):
+        assert any(line.startswith("FAIL") and name in line for line in out.stdout.splitlines())
+    assert "4 failed" in out.stdout

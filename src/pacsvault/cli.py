@@ -417,11 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", metavar="FILE")
     p.set_defaults(func=cmd_tls)
 
+    from pacsvault.doctor import register as register_doctor
     from pacsvault.scan.cli import register as register_scan
     from pacsvault.security.audit_cli import register as register_audit
 
     register_scan(sub, common)
     register_audit(sub, common)
+    register_doctor(sub, common)
 
     p = sub.add_parser("demo", parents=[common], help="load synthetic demo studies")
     p.add_argument("--patients", type=int, default=5)

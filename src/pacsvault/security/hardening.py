@@ -106,9 +106,6 @@ def check_settings(settings: Settings, data_dir: Path) -> list[Check]:
                      f"{sec.lockout_duration:.0f} s", "medium"))  # fmt: skip
     out.append(Check("durability (fsync)", st.fsync, "on" if st.fsync else
                      "off: acknowledged images can be lost in a crash", "high"))  # fmt: skip
-    out.append(Check("C-FIND result cap", d.max_find_results > 0,
-                     f"{d.max_find_results or 'none'} (a cap limits what one query can take)",
-                     "low"))  # fmt: skip
     for path, allowed in (
         (data_dir, 0o700),
         (data_dir / SETTINGS_FILE, 0o600),
