@@ -18,6 +18,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     and_,
+    bindparam,
     create_engine,
     event,
     exists,
@@ -128,11 +129,51 @@ def _add_code(codes: str | None, code: str | None) -> str | None:
     return "\\".join(sorted([*current, code]))
 
 
-_PATIENT_COUNTS = {
-    "studies": "number_of_patient_related_studies",
-    "series": "number_of_patient_related_series",
-    "instances": "number_of_patient_related_instances",
-}
+# Ingest statements, built once so SQLAlchemy compiles and caches them once.
+_SERIES_LOOKUP = (
+    select(
+        s.series.c.pk,
+        s.series.c.study_pk,
+        s.studies.c.patient_pk,
+        s.studies.c.modalities_in_study,
+        s.studies.c.sop_classes_in_study,
+    )
+    .select_from(s.series.join(s.studies, s.series.c.study_pk == s.studies.c.pk))
+    .where(s.series.c.series_instance_uid == bindparam("uid"))
+)
+_STUDY_LOOKUP = select(
+    s.studies.c.pk,
+    s.studies.c.patient_pk,
+    s.studies.c.modalities_in_study,
+    s.studies.c.sop_classes_in_study,
+).where(s.studies.c.study_instance_uid == bindparam("uid"))
+_PATIENT_LOOKUP = select(s.patients.c.pk).where(s.patients.c.patient_id == bindparam("pid"))
+_INSERT = {level: table.insert() for level, table in s.LEVEL_TABLES.items()}
+_COUNT_SERIES = (
+    update(s.series)
+    .where(s.series.c.pk == bindparam("row_pk"))
+    .values(number_of_series_related_instances=s.series.c.number_of_series_related_instances + 1)
+)
+_COUNT_STUDY = (
+    update(s.studies)
+    .where(s.studies.c.pk == bindparam("row_pk"))
+    .values(
+        number_of_study_related_instances=s.studies.c.number_of_study_related_instances + 1,
+        number_of_study_related_series=s.studies.c.number_of_study_related_series
+        + bindparam("new_series"),
+    )
+)
+_COUNT_PATIENT = (
+    update(s.patients)
+    .where(s.patients.c.pk == bindparam("row_pk"))
+    .values(
+        number_of_patient_related_instances=s.patients.c.number_of_patient_related_instances + 1,
+        number_of_patient_related_series=s.patients.c.number_of_patient_related_series
+        + bindparam("new_series"),
+        number_of_patient_related_studies=s.patients.c.number_of_patient_related_studies
+        + bindparam("new_study"),
+    )
+)
 
 
 class Index:
@@ -169,94 +210,77 @@ class Index:
         """Index *rec* (a new SOP instance) and update every derived count.
 
         Runs inside the caller's transaction. A study or series that already exists
-        keeps its first-seen attributes; an existing SOP Instance UID violates the
-        unique constraint and raises.
+        keeps its first-seen attributes (and its patient); an existing SOP Instance UID
+        violates the unique constraint and raises. This is the ingest hot path: the
+        common case (a series already known) costs one lookup, one insert and three
+        updates, all through statements compiled once.
         """
-        p, st, se, i = s.patients, s.studies, s.series, s.instances
-        patient_id = rec.patient.get("patient_id") or ""
-        patient = conn.execute(select(p.c.pk).where(p.c.patient_id == patient_id)).first()
-        if patient is None:
-            values = _with_folds({**rec.patient, "patient_id": patient_id}, Level.PATIENT)
-            patient_pk = conn.execute(
-                insert(p).values(**values, charset=rec.charset)
-            ).inserted_primary_key[0]
+        hit = conn.execute(_SERIES_LOOKUP, {"uid": rec.series["series_instance_uid"]}).first()
+        new_series = new_study = hit is None
+        if hit is not None:
+            series_pk, study_pk, patient_pk, modalities, classes = hit
         else:
-            patient_pk = patient.pk
-
-        sop_class = rec.instance.get("sop_class_uid")
-        modality = rec.series.get("modality")
-        study = conn.execute(
-            select(
-                st.c.pk, st.c.patient_pk, st.c.modalities_in_study, st.c.sop_classes_in_study
-            ).where(st.c.study_instance_uid == rec.study["study_instance_uid"])
-        ).first()
-        new_study = study is None
-        if study is None:
-            values = _with_folds(rec.study, Level.STUDY)
-            study_pk = conn.execute(
-                insert(st).values(
-                    **values,
-                    patient_pk=patient_pk,
-                    charset=rec.charset,
-                    created_at=rec.stored_at,
-                    modalities_in_study=None,
-                    sop_classes_in_study=None,
-                )
-            ).inserted_primary_key[0]
-            modalities = classes = None
-        else:
-            study_pk, patient_pk = study.pk, study.patient_pk
-            modalities, classes = study.modalities_in_study, study.sop_classes_in_study
-
-        serie = conn.execute(
-            select(se.c.pk).where(se.c.series_instance_uid == rec.series["series_instance_uid"])
-        ).first()
-        new_series = serie is None
-        if serie is None:
-            values = _with_folds(rec.series, Level.SERIES)
+            study = conn.execute(_STUDY_LOOKUP, {"uid": rec.study["study_instance_uid"]}).first()
+            new_study = study is None
+            if study is not None:
+                study_pk, patient_pk, modalities, classes = study
+            else:
+                patient_pk = self._patient_pk(conn, rec)
+                study_pk = conn.execute(
+                    _INSERT[Level.STUDY],
+                    {
+                        **_with_folds(rec.study, Level.STUDY),
+                        "patient_pk": patient_pk,
+                        "charset": rec.charset,
+                        "created_at": rec.stored_at,
+                        "modalities_in_study": None,
+                        "sop_classes_in_study": None,
+                    },
+                ).inserted_primary_key[0]
+                modalities = classes = None
             series_pk = conn.execute(
-                insert(se).values(**values, study_pk=study_pk, charset=rec.charset)
-            ).inserted_primary_key[0]
-        else:
-            series_pk = serie.pk
+                _INSERT[Level.SERIES],
+                {**_with_folds(rec.series, Level.SERIES), "study_pk": study_pk,
+                 "charset": rec.charset},
+            ).inserted_primary_key[0]  # fmt: skip
 
         conn.execute(
-            insert(i).values(
+            _INSERT[Level.IMAGE],
+            {
                 **_with_folds(rec.instance, Level.IMAGE),
-                series_pk=series_pk,
-                charset=rec.charset,
-                transfer_syntax_uid=rec.transfer_syntax_uid,
-                blob_key=rec.blob_key,
-                size=rec.size,
-                sha256=rec.sha256,
-                source_aet=rec.source_aet,
-                stored_at=rec.stored_at,
-            )
+                "series_pk": series_pk,
+                "charset": rec.charset,
+                "transfer_syntax_uid": rec.transfer_syntax_uid,
+                "blob_key": rec.blob_key,
+                "size": rec.size,
+                "sha256": rec.sha256,
+                "source_aet": rec.source_aet,
+                "stored_at": rec.stored_at,
+            },
         )
-
+        conn.execute(_COUNT_SERIES, {"row_pk": series_pk})
+        conn.execute(_COUNT_STUDY, {"row_pk": study_pk, "new_series": int(new_series)})
         conn.execute(
-            update(se)
-            .where(se.c.pk == series_pk)
-            .values(number_of_series_related_instances=se.c.number_of_series_related_instances + 1)
+            _COUNT_PATIENT,
+            {"row_pk": patient_pk, "new_series": int(new_series), "new_study": int(new_study)},
         )
-        study_values: dict[str, Any] = {
-            "number_of_study_related_instances": st.c.number_of_study_related_instances + 1
-        }
-        if new_series:
-            study_values["number_of_study_related_series"] = st.c.number_of_study_related_series + 1
-        if (m := _add_code(modalities, modality)) is not None:
-            study_values["modalities_in_study"] = m
-        if (c := _add_code(classes, sop_class)) is not None:
-            study_values["sop_classes_in_study"] = c
-        conn.execute(update(st).where(st.c.pk == study_pk).values(**study_values))
+        m = _add_code(modalities, rec.series.get("modality"))
+        c = _add_code(classes, rec.instance.get("sop_class_uid"))
+        if m is not None or c is not None:
+            codes = {"modalities_in_study": m or modalities, "sop_classes_in_study": c or classes}
+            conn.execute(update(s.studies).where(s.studies.c.pk == study_pk).values(**codes))
 
-        counts = _PATIENT_COUNTS
-        patient_values: dict[str, Any] = {counts["instances"]: p.c[counts["instances"]] + 1}
-        if new_series:
-            patient_values[counts["series"]] = p.c[counts["series"]] + 1
-        if new_study:
-            patient_values[counts["studies"]] = p.c[counts["studies"]] + 1
-        conn.execute(update(p).where(p.c.pk == patient_pk).values(**patient_values))
+    def _patient_pk(self, conn: Connection, rec: InstanceRecord) -> int:
+        patient_id = rec.patient.get("patient_id") or ""
+        row = conn.execute(_PATIENT_LOOKUP, {"pid": patient_id}).first()
+        if row is not None:
+            return int(row[0])
+        values = _with_folds({**rec.patient, "patient_id": patient_id}, Level.PATIENT)
+        return int(
+            conn.execute(
+                _INSERT[Level.PATIENT], {**values, "charset": rec.charset}
+            ).inserted_primary_key[0]
+        )
 
     def replace_instance(self, conn: Connection, rec: InstanceRecord) -> None:
         """Point an existing SOP instance at a new copy (the 'replace' duplicate policy).

@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from pacsvault.storage.index import write_transaction
 
@@ -55,8 +56,8 @@ class IndexWriter:
     def submit(self, op: Callable[[Connection], T]) -> T:
         """Run *op* in a write transaction; return its result once committed.
 
-        An exception raised by *op* is re-raised here and rolls back only *op*'s own
-        changes (it runs in a savepoint); the rest of the batch still commits.
+        An exception raised by *op* is re-raised here; it rolls back *op*'s changes
+        only (the rest of its batch is retried and commits without it).
         """
         if not self._started:
             self.start()
@@ -83,22 +84,19 @@ class IndexWriter:
             self._commit(batch)
 
     def _commit(self, batch: list[tuple[Operation, Future[Any]]]) -> None:
-        results: list[tuple[Future[Any], bool, Any]] = []
+        """Run *batch* in one transaction. If anything fails, each op is retried alone,
+        so one bad operation never takes the others down with it."""
         try:
             with write_transaction(self.engine) as conn:
-                for op, fut in batch:
-                    try:
-                        with conn.begin_nested():
-                            results.append((fut, True, op(conn)))
-                    except Exception as exc:
-                        results.append((fut, False, exc))
-        except Exception as exc:  # the commit itself failed: nothing in the batch is durable
-            log.error("index commit failed: %s", type(exc).__name__)
-            for _op, fut in batch:
-                fut.set_exception(exc)
+                results = [op(conn) for op, _fut in batch]
+        except Exception as exc:
+            if len(batch) > 1:
+                for item in batch:
+                    self._commit([item])
+                return
+            if not isinstance(exc, IntegrityError):
+                log.error("index write failed: %s", type(exc).__name__)
+            batch[0][1].set_exception(exc)
             return
-        for fut, ok, value in results:
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+        for (_op, fut), value in zip(batch, results, strict=True):
+            fut.set_result(value)
