@@ -1,9 +1,99 @@
-"""``pacsvault scan`` and ``pacsvault doctor`` sub-commands."""
+"""``pacsvault scan``: probe PACS targets the way the 2019 investigators did, counts only."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+
+from pacsvault.scan.findings import SEVERITIES, Finding, severity_rank
+from pacsvault.scan.report import terminal, write_json
+from pacsvault.scan.targets import Target, TargetError, is_local, parse_target
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    ports = tuple(int(p) for p in args.ports.split(",")) if args.ports else None
+    targets: list[Target] = []
+    try:
+        for text in args.targets:
+            targets += parse_target(text, ports) if ports else parse_target(text)
+    except TargetError as exc:
+        print(f"pacsvault scan: {exc}", file=sys.stderr)
+        return 2
+    foreign = sorted({t.host for t in targets if not is_local(t.host)})
+    if foreign and not args.authorized:
+        print("pacsvault scan: scanning hosts other than this machine needs --authorized "
+              f"(you assert permission to test them): {', '.join(foreign)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+
+    import logging
+
+    from pacsvault.scan.dimse_probe import probe
+
+    # pynetdicom logs every refused association as an error; here refusals are results.
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+
+    started = time.time()
+    findings: list[Finding] = []
+    hosts: dict[str, list[Target]] = {}
+    for t in targets:
+        hosts.setdefault(t.host, []).append(t)
+
+    def scan_host(host_targets: list[Target]) -> list[Finding]:
+        out: list[Finding] = []
+        for t in host_targets:  # one association at a time per host
+            try:
+                out += probe(t, timeout=args.timeout, budget=args.budget)
+            except Exception as exc:  # a misbehaving target must never end the run
+                out.append(Finding("NET-NOT-DICOM", "info", str(t), "Not DICOM / no answer",
+                                   f"probe ended early ({type(exc).__name__})"))  # fmt: skip
+        return out
+
+    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        futures = [pool.submit(scan_host, ts) for ts in hosts.values()]
+        done, not_done = wait(futures, timeout=args.time_limit)
+        for fut in done:
+            findings += fut.result()
+        for fut in not_done:
+            fut.cancel()
+        if not_done:
+            findings.append(Finding("SCAN-TIME-LIMIT", "info", "-", "Time limit reached",
+                                    f"{len(not_done)} hosts not finished"))  # fmt: skip
+    finished = time.time()
+    print(terminal(findings, colour=sys.stdout.isatty()))
+    if args.json:
+        write_json(args.json, findings, started, finished)
+    worst = max((severity_rank(f.severity) for f in findings), default=0)
+    return 1 if worst >= severity_rank(args.fail_on) else 0
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Add the scanner's sub-commands to the main parser."""
+    """Add ``pacsvault scan``."""
+    p = sub.add_parser("scan", parents=[common], help="show what a stranger could see on a PACS")
+    p.add_argument("targets", nargs="+", help="host, host:port, AET@host:port, URL or CIDR")
+    p.add_argument("--ports", help="comma-separated DICOM ports (default 104,11112,4242,2761,2762)")
+    p.add_argument(
+        "--authorized",
+        action="store_true",
+        help="you have permission to test these hosts (needed beyond this machine)",
+    )
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the JSON report")
+    p.add_argument(
+        "--fail-on",
+        default="high",
+        choices=SEVERITIES,
+        help="exit 1 when a finding has at least this severity (default high)",
+    )
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per probe step")
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=100_000,
+        help="C-FIND responses read before C-CANCEL (counts become lower bounds)",
+    )
+    p.add_argument("--concurrency", type=int, default=8, help="hosts probed at once")
+    p.add_argument("--time-limit", type=float, default=600.0, help="seconds for the whole run")
+    p.set_defaults(func=cmd_scan)

@@ -1,0 +1,311 @@
+"""DIMSE probes: what a stranger's association can do, in counts only.
+
+Follows the checklist in shared/reference/exposure-checks.md section 6.2 (EXP-DIMSE-01 to
+-07): an arbitrary called AE, bounded called-AE guessing, a random calling AE, C-ECHO,
+the services accepted, and anonymous study- and patient-level C-FIND counted without
+keeping any value. Patient IDs are hashed in memory with a per-run salt for
+de-duplication and never written anywhere. One association at a time per host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import socket
+import string
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    MRImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
+    SecondaryCaptureImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from pacsvault.scan.findings import Count, Finding
+from pacsvault.scan.targets import Target
+
+#: Called AE titles tried when an arbitrary one is refused (defaults of common products).
+GUESSED_TITLES = ("ORTHANC", "DCM4CHEE", "ANY-SCP", "PACS", "STORESCP", "DCMQRSCP", "QRSCP",
+                  "PACSVAULT", "CONQUESTSRV1", "ARCHIVE")  # fmt: skip
+SERVICES = {
+    str(Verification): "echo",
+    str(StudyRootQueryRetrieveInformationModelFind): "find",
+    str(PatientRootQueryRetrieveInformationModelFind): "find",
+    str(StudyRootQueryRetrieveInformationModelGet): "get",
+    str(StudyRootQueryRetrieveInformationModelMove): "move",
+    str(CTImageStorage): "store",
+    str(MRImageStorage): "store",
+    str(SecondaryCaptureImageStorage): "store",
+}
+FINGERPRINTS = {
+    "1.2.276.0.7230010.3": "DCMTK (OFFIS) or a DCMTK-based product such as Orthanc",
+    "1.2.826.0.1.3680043.9.3811": "pynetdicom",
+    "1.2.40.0.13.1": "dcm4che",
+}
+PENDING = (0xFF00, 0xFF01)
+
+
+def random_aet() -> str:
+    """A calling AE title no site has registered."""
+    return "X" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(7))
+
+
+@dataclass
+class Attempt:
+    """The outcome of one association attempt."""
+
+    state: str  # accepted, rejected, not-dicom, closed, no-answer
+    reason: int | None = None  # A-ASSOCIATE-RJ reason
+    services: set[str] = field(default_factory=set)
+    implementation: str = ""
+    version: str = ""
+    assoc: Association | None = None
+
+
+def tcp_state(host: str, port: int, timeout: float) -> str:
+    """'open', 'closed' or 'no-answer' for a plain TCP connect."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return "open"
+    except ConnectionRefusedError:
+        return "closed"
+    except OSError:
+        return "no-answer"
+
+
+def associate(host: str, port: int, calling: str, called: str, timeout: float) -> Attempt:
+    """Request an association proposing the probe contexts; keep it open when accepted."""
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    for uid in SERVICES:
+        ae.add_requested_context(uid)
+    assoc = ae.associate(host, port, ae_title=called)
+    if assoc.is_established:
+        acceptor = assoc.acceptor
+        return Attempt(
+            "accepted",
+            services={SERVICES[str(cx.abstract_syntax)] for cx in assoc.accepted_contexts},
+            implementation=str(acceptor.implementation_class_uid or ""),
+            version=str(acceptor.implementation_version_name or ""),
+            assoc=assoc,
+        )
+    if assoc.is_rejected and assoc.acceptor.primitive is not None:
+        return Attempt("rejected", reason=assoc.acceptor.primitive.diagnostic)
+    return Attempt("not-dicom")
+
+
+def _context_id(assoc: Association, uid: str) -> int | None:
+    for cx in assoc.accepted_contexts:
+        if cx.abstract_syntax == uid:
+            return int(cx.context_id)
+    return None
+
+
+@dataclass
+class Tally:
+    """Counts gathered from C-FIND responses; identifiers only as salted hashes in memory."""
+
+    salt: bytes = field(default_factory=lambda: secrets.token_bytes(16))
+    responses: int = 0
+    patients: set[str] = field(default_factory=set)
+    series: int = 0
+    instances: int = 0
+    counts_complete: bool = True
+    modalities: set[str] = field(default_factory=set)
+    first_date: str = ""
+    last_date: str = ""
+    fields_seen: set[str] = field(default_factory=set)
+    capped: bool = False
+
+    def add_study(self, ds: Dataset) -> None:
+        self.responses += 1
+        pid = str(ds.get("PatientID", "") or "")
+        self.patients.add(hmac.new(self.salt, pid.encode(), hashlib.sha256).hexdigest())
+        for key in ("PatientName", "PatientBirthDate", "PatientID", "ReferringPhysicianName",
+                    "AccessionNumber", "StudyDescription"):  # fmt: skip
+            if ds.get(key):
+                self.fields_seen.add(key)
+        try:
+            self.series += int(ds.get("NumberOfStudyRelatedSeries"))
+            self.instances += int(ds.get("NumberOfStudyRelatedInstances"))
+        except (TypeError, ValueError):
+            self.counts_complete = False
+        mods = ds.get("ModalitiesInStudy") or []
+        self.modalities.update([mods] if isinstance(mods, str) else [str(m) for m in mods])
+        date = str(ds.get("StudyDate", "") or "")
+        if len(date) == 8 and date.isdigit():
+            self.first_date = min(self.first_date or date, date)
+            self.last_date = max(self.last_date, date)
+
+
+def study_find(assoc: Association, budget: int) -> Tally | None:
+    """Anonymous Study Root C-FIND at STUDY level; None when the server refused it."""
+    cx = _context_id(assoc, str(StudyRootQueryRetrieveInformationModelFind))
+    if cx is None:
+        return None
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    for key in ("StudyInstanceUID", "PatientID", "PatientName", "PatientBirthDate", "StudyDate",
+                "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
+                "NumberOfStudyRelatedInstances"):  # fmt: skip
+        setattr(query, key, "")
+    tally = Tally()
+    cancelled = False
+    for status, ident in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind,
+                                           msg_id=7):  # fmt: skip
+        code = status.get("Status") if status else None
+        if code in PENDING and ident is not None:
+            tally.add_study(ident)
+            if tally.responses >= budget and not cancelled:
+                assoc.send_c_cancel(7, cx)
+                cancelled = tally.capped = True
+    return tally
+
+
+def patient_find(assoc: Association, budget: int) -> int | None:
+    """Number of patients a Patient Root PATIENT-level C-FIND returns; None if refused."""
+    cx = _context_id(assoc, str(PatientRootQueryRetrieveInformationModelFind))
+    if cx is None:
+        return None
+    query = Dataset()
+    query.QueryRetrieveLevel = "PATIENT"
+    query.PatientID = ""
+    query.NumberOfPatientRelatedStudies = ""
+    n = 0
+    for status, _ident in assoc.send_c_find(query, PatientRootQueryRetrieveInformationModelFind,
+                                            msg_id=8):  # fmt: skip
+        if status and status.get("Status") in PENDING:
+            n += 1
+            if n >= budget:
+                assoc.send_c_cancel(8, cx)
+                break
+    return n
+
+
+def probe(target: Target, *, timeout: float = 5.0, budget: int = 100_000) -> list[Finding]:
+    """Run the DIMSE checks against one target, one association at a time."""
+    where = str(target)
+    state = tcp_state(target.host, target.port, timeout)
+    if state != "open":
+        return [Finding("NET-UNREACHABLE", "info", where, "Port not reachable",
+                        "connection refused" if state == "closed" else "no answer")]  # fmt: skip
+    called = target.aet or "ANY-SCP"
+    attempt = associate(target.host, target.port, random_aet(), called, timeout)
+    findings: list[Finding] = []
+    if attempt.state == "not-dicom":
+        return [Finding("NET-NOT-DICOM", "info", where, "Not DICOM / no answer",
+                        "the port is open but did not complete a DICOM association")]  # fmt: skip
+    if attempt.state == "rejected" and attempt.reason == 7 and target.aet is None:
+        for title in GUESSED_TITLES:
+            attempt = associate(target.host, target.port, random_aet(), title, timeout)
+            if attempt.state != "rejected" or attempt.reason != 7:
+                called = title
+                break
+        if attempt.state == "accepted":
+            findings.append(Finding(
+                "DIMSE-CALLED-AE-GUESSED", "high", where, "Called AE title guessed",
+                f"a stranger associated by guessing the called AE title '{called}'",
+                "Use a non-default AE title and, above all, admit only registered peers "
+                "(calling AE bound to an address, TLS client certificates).",
+            ))  # fmt: skip
+    elif attempt.state == "accepted" and target.aet is None:
+        findings.append(Finding(
+            "DIMSE-ANY-CALLED-AE", "medium", where, "Any called AE title accepted",
+            "the server accepted an association addressed to 'ANY-SCP'",
+            "Enable called-AE checking (Orthanc: DicomCheckCalledAet true).",
+        ))  # fmt: skip
+    if attempt.state != "accepted":
+        reason = {3: "calling AE not recognised", 7: "called AE not recognised"}.get(
+            attempt.reason or 0, f"reason {attempt.reason}"
+        )
+        findings.append(Finding("DIMSE-REFUSED", "info", where, "Strangers are refused",
+                                f"association rejected ({reason})"))  # fmt: skip
+        return findings
+
+    assoc = attempt.assoc
+    assert assoc is not None
+    try:
+        findings.append(_fingerprint(where, attempt))
+        qr = attempt.services & {"find", "get", "move", "store"}
+        findings.append(Finding(
+            "DIMSE-NO-CALLING-AE-CHECK", "high" if qr else "medium", where,
+            "Unknown calling AE titles accepted",
+            f"a random calling AE title was accepted; services offered to it: "
+            f"{', '.join(sorted(attempt.services)) or 'none'}",
+            "Admit only registered peers, each bound to its address (Orthanc: DicomModalities "
+            "with DicomCheckModalityHost; pacsvault does this by default).",
+        ))  # fmt: skip
+        findings.append(Finding(
+            "DIMSE-CLEARTEXT", "medium", where, "Cleartext DICOM accepted from a stranger",
+            "the association was not encrypted", "Offer DICOM over TLS (port 2762) only.",
+        ))  # fmt: skip
+        if "echo" in attempt.services:
+            status = assoc.send_c_echo()
+            if status and status.get("Status") == 0x0000:
+                findings.append(Finding("DIMSE-ECHO", "low", where, "C-ECHO answered",
+                                        "a stranger's C-ECHO succeeded",
+                                        "Answer C-ECHO for registered peers only."))  # fmt: skip
+        tally = study_find(assoc, budget) if "find" in attempt.services else None
+        if tally is not None and tally.responses:
+            findings.append(_find_finding(where, tally, budget))
+            patients = patient_find(assoc, budget)
+            if patients:
+                findings.append(Finding(
+                    "DIMSE-FIND-PATIENT", "critical", where, "Anonymous patient-level C-FIND",
+                    f"{patients} patients listed to a stranger",
+                    "Deny C-FIND to unknown AEs.",
+                    counts={"patients": Count(patients, "exact" if patients < budget else
+                                              "lower bound", "patient-level C-FIND")},
+                ))  # fmt: skip
+    finally:
+        assoc.release()
+    return findings
+
+
+def _fingerprint(where: str, attempt: Attempt) -> Finding:
+    product = next(
+        (name for root, name in FINGERPRINTS.items() if attempt.implementation.startswith(root)),
+        "unknown product",
+    )
+    return Finding(
+        "DIMSE-FINGERPRINT", "info", where, "Implementation identified",
+        f"{product}: implementation class UID {attempt.implementation}, "
+        f"version name '{attempt.version}'",
+        details={"implementation_class_uid": attempt.implementation,
+                 "implementation_version_name": attempt.version},
+    )  # fmt: skip
+
+
+def _find_finding(where: str, tally: Tally, budget: int) -> Finding:
+    quality = "lower bound" if tally.capped else "exact"
+    counts_quality = quality if tally.counts_complete else "lower bound"
+    method = "study-level C-FIND"
+    return Finding(
+        "DIMSE-FIND-STUDY", "critical", where, "Anonymous study-level C-FIND",
+        f"a stranger can list {tally.responses} studies"
+        + (f" (stopped with C-CANCEL after {budget})" if tally.capped else ""),
+        "Deny C-FIND to unknown AEs (Orthanc: keep DicomAlwaysAllowFind false); require "
+        "registered peers with TLS client certificates; take DICOM off untrusted networks.",
+        counts={
+            "patients": Count(len(tally.patients), quality, "distinct hashed PatientID, " + method),
+            "studies": Count(tally.responses, quality, method),
+            "series": Count(tally.series, counts_quality, "sum of NumberOfStudyRelatedSeries"),
+            "instances": Count(tally.instances, counts_quality,
+                               "sum of NumberOfStudyRelatedInstances"),
+        },
+        details={
+            "modalities": sorted(tally.modalities),
+            "date_range": [tally.first_date, tally.last_date] if tally.first_date else [],
+            "identifying_fields_readable": sorted(tally.fields_seen),
+        },
+    )  # fmt: skip

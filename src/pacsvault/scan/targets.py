@@ -1,0 +1,88 @@
+"""Scan targets: `host`, `host:port`, `AET@host:port`, `dicom://...` URLs, CIDR ranges."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+DEFAULT_DICOM_PORTS = (104, 11112, 4242, 2761, 2762)
+MAX_HOSTS = 256  # a CIDR range larger than this is refused
+
+
+class TargetError(ValueError):
+    """A target that cannot be scanned as given; the message says why."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One host and port to probe, with the called AE title if the operator knows it."""
+
+    host: str
+    port: int
+    aet: str | None = None
+
+    def __str__(self) -> str:
+        prefix = f"{self.aet}@" if self.aet else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{prefix}{host}:{self.port}"
+
+
+def _split_host_port(text: str) -> tuple[str, int | None]:
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else None
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return host, int(port)
+    return text, None
+
+
+def parse_target(text: str, ports: tuple[int, ...] = DEFAULT_DICOM_PORTS) -> list[Target]:
+    """Expand one target argument. Raises :class:`TargetError` with a clear reason."""
+    text = text.strip()
+    aet = None
+    if "://" in text:
+        url = urlsplit(text)
+        if not url.hostname:
+            raise TargetError(f"{text}: no host in URL")
+        return [Target(url.hostname, url.port or ports[0], url.username)]
+    if "@" in text:
+        aet, _, text = text.partition("@")
+        if not 0 < len(aet) <= 16:
+            raise TargetError("an AE title is 1-16 characters")
+    try:
+        host, port = _split_host_port(text)
+    except ValueError:
+        raise TargetError(f"{text}: invalid port") from None
+    if port is not None and not 0 < port < 65536:
+        raise TargetError(f"{text}: invalid port")
+    chosen = (port,) if port else ports
+    if "/" in host:
+        try:
+            net = ipaddress.ip_network(host, strict=False)
+        except ValueError:
+            raise TargetError(f"{host}: invalid CIDR range") from None
+        if net.num_addresses > MAX_HOSTS:
+            raise TargetError(
+                f"{host} has {net.num_addresses} addresses; at most {MAX_HOSTS} per run"
+            )
+        hosts = [str(h) for h in (net.hosts() if net.num_addresses > 2 else net)]
+    else:
+        hosts = [host]
+    return [Target(h, p, aet) for h in hosts for p in chosen]
+
+
+def is_local(host: str) -> bool:
+    """True for loopback targets, which need no --authorized."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(
+                ipaddress.ip_address(info[4][0]).is_loopback
+                for info in socket.getaddrinfo(host, None)
+            )
+        except OSError:
+            return False

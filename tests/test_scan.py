@@ -1,0 +1,159 @@
+"""The exposure scanner against real targets started here: Orthanc, pacsvault, and non-DICOM."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import cli, dcmtk, free_port, write_data_set
+from pacsvault.dicom.synthetic import Spec
+
+SPEC = Spec(patients=3, studies_per_patient=2, series_per_study=2, instances_per_series=2, seed=9)
+
+
+def scan(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "pacsvault", "scan", *args],
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+@pytest.fixture
+def permissive_orthanc(tmp_path: Path):
+    """Orthanc as exposed servers were found: any AE, C-FIND allowed, holding SPEC."""
+    port, http = free_port(), free_port()
+    config = {
+        "StorageDirectory": str(tmp_path / "storage"), "IndexDirectory": str(tmp_path / "index"),
+        "Plugins": [], "HttpPort": http, "DicomPort": port, "DicomAet": "ORTHANC",
+        "DicomCheckCalledAet": False, "DicomAlwaysAllowFind": True,
+        "DicomAlwaysAllowEcho": True, "DicomAlwaysAllowStore": True,
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+    }  # fmt: skip
+    (tmp_path / "orthanc.json").write_text(json.dumps(config))
+    proc = subprocess.Popen(["/usr/sbin/Orthanc", str(tmp_path / "orthanc.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while dcmtk("echoscu", "-aec", "ORTHANC", "127.0.0.1", str(port)).returncode != 0:
+            assert time.monotonic() < deadline, "Orthanc did not start"
+            time.sleep(0.2)
+        files = write_data_set(tmp_path / "files", SPEC)
+        store = dcmtk("storescu", "-aec", "ORTHANC", "127.0.0.1", str(port),
+                      *[str(p) for p, _ in files])  # fmt: skip
+        assert store.returncode == 0, store.stderr
+        yield port, files
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def phi_of(files) -> set[str]:
+    out = set()
+    for _, ds in files:
+        out |= {
+            str(ds.PatientName),
+            str(ds.PatientID),
+            str(ds.PatientBirthDate),
+            str(ds.StudyInstanceUID),
+            str(ds.SeriesInstanceUID),
+            str(ds.SOPInstanceUID),
+        }
+        out.add(str(ds.PatientName).split("^")[0])
+    return out
+
+
+def test_permissive_orthanc(permissive_orthanc, tmp_path: Path) -> None:
+    port, files = permissive_orthanc
+    report = tmp_path / "report.json"
+    proc = scan(f"127.0.0.1:{port}", "--json", str(report))
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # critical >= high
+    doc = json.loads(report.read_text())
+    by_id = {f["id"]: f for f in doc["findings"]}
+    assert by_id["DIMSE-FIND-STUDY"]["severity"] == "critical"
+    counts = by_id["DIMSE-FIND-STUDY"]["counts"]
+    assert {k: (v["value"], v["quality"]) for k, v in counts.items()} == {
+        "patients": (3, "exact"), "studies": (6, "exact"), "series": (12, "exact"),
+        "instances": (24, "exact"),
+    }  # fmt: skip
+    assert by_id["DIMSE-FIND-PATIENT"]["counts"]["patients"]["value"] == 3
+    assert by_id["DIMSE-NO-CALLING-AE-CHECK"]["severity"] == "high"
+    assert by_id["DIMSE-ANY-CALLED-AE"]["severity"] == "medium"
+    assert "OFFIS_DCMTK" in by_id["DIMSE-FINGERPRINT"]["result"]
+    assert "PatientName" in by_id["DIMSE-FIND-STUDY"]["details"]["identifying_fields_readable"]
+    # Counts, never patient data: nothing identifying in any output.
+    written = proc.stdout + proc.stderr + report.read_text()
+    leaked = [value for value in phi_of(files) if value and value in written]
+    assert leaked == []
+
+
+def test_pacsvault_defaults(server) -> None:
+    cli(server.data, "demo", "--patients", "2")
+    proc = scan(f"127.0.0.1:{server.port}", "--fail-on", "medium")
+    assert proc.returncode == 0, proc.stdout
+    assert "DIMSE-REFUSED" in proc.stdout
+    assert "[CRITICAL]" not in proc.stdout and "[HIGH]" not in proc.stdout
+    assert "association rejected" in server.log_text()
+    assert "Traceback" not in proc.stderr
+
+
+class Misbehaving:
+    """A loopback TCP server that closes at once, answers garbage, or never answers."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.mode == "close":
+                conn.close()
+            elif self.mode == "garbage":
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n" + bytes(range(256)))
+                conn.close()
+            else:
+                self.conns.append(conn)  # silent
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_non_dicom_targets_are_reported_within_the_time_limit() -> None:
+    servers = [Misbehaving(m) for m in ("close", "garbage", "silent")]
+    closed = free_port()
+    try:
+        start = time.monotonic()
+        proc = scan(*[f"127.0.0.1:{s.port}" for s in servers], f"127.0.0.1:{closed}",
+                    "--timeout", "2", "--time-limit", "60")  # fmt: skip
+        elapsed = time.monotonic() - start
+    finally:
+        for s in servers:
+            s.close()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for s in servers:
+        assert f"127.0.0.1:{s.port} NET-NOT-DICOM" in proc.stdout
+    assert f"127.0.0.1:{closed} NET-UNREACHABLE" in proc.stdout
+    assert elapsed < 45
+
+
+def test_third_party_targets_need_authorization_and_ranges_are_capped() -> None:
+    proc = scan("192.0.2.10:104")  # TEST-NET-1: refused before any packet is sent
+    assert proc.returncode == 2 and "--authorized" in proc.stderr
+    proc = scan("10.0.0.0/16", "--authorized")
+    assert proc.returncode == 2 and "at most 256" in proc.stderr
