@@ -48,7 +48,7 @@ def permissive_orthanc(tmp_path: Path):
         store = dcmtk("storescu", "-aec", "ORTHANC", "127.0.0.1", str(port),
                       *[str(p) for p, _ in files])  # fmt: skip
         assert store.returncode == 0, store.stderr
-        yield port, files
+        yield port, http, files
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -70,9 +70,10 @@ def phi_of(files) -> set[str]:
 
 
 def test_permissive_orthanc(permissive_orthanc, tmp_path: Path) -> None:
-    port, files = permissive_orthanc
-    report = tmp_path / "report.json"
-    proc = scan(f"127.0.0.1:{port}", "--json", str(report))
+    port, http, files = permissive_orthanc
+    report, page = tmp_path / "report.json", tmp_path / "report.html"
+    proc = scan(f"127.0.0.1:{port}", f"http://127.0.0.1:{http}", "--json", str(report),
+                "--html", str(page))  # fmt: skip
     assert proc.returncode == 1, proc.stdout + proc.stderr  # critical >= high
     doc = json.loads(report.read_text())
     by_id = {f["id"]: f for f in doc["findings"]}
@@ -83,12 +84,19 @@ def test_permissive_orthanc(permissive_orthanc, tmp_path: Path) -> None:
         "instances": (24, "exact"),
     }  # fmt: skip
     assert by_id["DIMSE-FIND-PATIENT"]["counts"]["patients"]["value"] == 3
+    rest = by_id["WEB-ORTHANC-REST-OPEN"]
+    assert rest["severity"] == "critical"
+    assert {k: (v["value"], v["quality"]) for k, v in rest["counts"].items()} == {
+        "patients": (3, "exact"), "studies": (6, "exact"), "series": (12, "exact"),
+        "instances": (24, "exact"),
+    }  # fmt: skip
+    assert by_id["WEB-VIEWER-OPEN"]["severity"] == "high"
     assert by_id["DIMSE-NO-CALLING-AE-CHECK"]["severity"] == "high"
     assert by_id["DIMSE-ANY-CALLED-AE"]["severity"] == "medium"
     assert "OFFIS_DCMTK" in by_id["DIMSE-FINGERPRINT"]["result"]
     assert "PatientName" in by_id["DIMSE-FIND-STUDY"]["details"]["identifying_fields_readable"]
     # Counts, never patient data: nothing identifying in any output.
-    written = proc.stdout + proc.stderr + report.read_text()
+    written = proc.stdout + proc.stderr + report.read_text() + page.read_text()
     leaked = [value for value in phi_of(files) if value and value in written]
     assert leaked == []
 
@@ -157,3 +165,80 @@ def test_third_party_targets_need_authorization_and_ranges_are_capped() -> None:
     assert proc.returncode == 2 and "--authorized" in proc.stderr
     proc = scan("10.0.0.0/16", "--authorized")
     assert proc.returncode == 2 and "at most 256" in proc.stderr
+
+
+def test_secure_orthanc(tmp_path: Path) -> None:
+    """Orthanc locked down: no critical or high finding; cleartext findings remain, correctly."""
+    port, http = free_port(), free_port()
+    config = {
+        "StorageDirectory": str(tmp_path / "s"), "IndexDirectory": str(tmp_path / "i"),
+        "Plugins": [], "HttpPort": http, "DicomPort": port, "DicomAet": "ORTHANC",
+        "DicomCheckCalledAet": True, "DicomAlwaysAllowFind": False,
+        "DicomAlwaysAllowEcho": False, "DicomAlwaysAllowStore": False,
+        "DicomAlwaysAllowGet": False, "DicomAlwaysAllowMove": False,
+        "DicomCheckModalityHost": True, "DicomModalities": {"ct": ["CT1", "127.0.0.1", 11999]},
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
+        "RegisteredUsers": {"admin": "a-long-random-secret-9481"},
+    }  # fmt: skip
+    (tmp_path / "orthanc.json").write_text(json.dumps(config))
+    proc = subprocess.Popen(["/usr/sbin/Orthanc", str(tmp_path / "orthanc.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while socket.socket().connect_ex(("127.0.0.1", http)) != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        report = tmp_path / "r.json"
+        out = scan(f"127.0.0.1:{port}", f"http://127.0.0.1:{http}", "--json", str(report))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert out.returncode == 0, out.stdout
+    found = {f["id"]: f["severity"] for f in json.loads(report.read_text())["findings"]}
+    assert not [i for i, sev in found.items() if sev in ("critical", "high")]
+    assert found["WEB-CLEARTEXT"] == "medium"
+    assert found["DIMSE-CLEARTEXT-SERVICE"] == "low"
+    assert "DIMSE-REFUSED" in found and "WEB-ORTHANC-REST-OPEN" not in found
+
+
+def test_dcmqrscp_accepting_any_ae(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    db.mkdir()
+    files = write_data_set(tmp_path / "files", SPEC)
+    port = free_port()
+    (tmp_path / "dcmqrscp.cfg").write_text(
+        f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 4\n"
+        "HostTable BEGIN\nHostTable END\nVendorTable BEGIN\nVendorTable END\n"
+        f"AETable BEGIN\nDCMQRSCP {db} RW (200, 1024mb) ANY\nAETable END\n"
+    )
+    index = subprocess.run(["/usr/bin/dcmqridx", str(db), *[str(p) for p, _ in files]],
+                           capture_output=True, text=True)  # fmt: skip
+    assert index.returncode == 0, index.stderr
+    proc = subprocess.Popen(
+        ["/usr/bin/dcmqrscp", "-c", str(tmp_path / "dcmqrscp.cfg"), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while dcmtk("echoscu", "-aec", "DCMQRSCP", "127.0.0.1", str(port)).returncode != 0:
+            assert time.monotonic() < deadline, "dcmqrscp did not start"
+            time.sleep(0.2)
+        report = tmp_path / "r.json"
+        html = tmp_path / "r.html"
+        out = scan(f"127.0.0.1:{port}", "--json", str(report), "--html", str(html))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert out.returncode == 1
+    by_id = {f["id"]: f for f in json.loads(report.read_text())["findings"]}
+    assert by_id["DIMSE-CALLED-AE-GUESSED"]["severity"] == "high"
+    assert "DCMQRSCP" in by_id["DIMSE-CALLED-AE-GUESSED"]["result"]
+    counts = by_id["DIMSE-FIND-STUDY"]["counts"]
+    assert counts["studies"] == {"value": 6, "quality": "exact", "method": "study-level C-FIND"}
+    assert counts["patients"]["value"] == 3
+    page = html.read_text()
+    assert "A stranger on the network can read patient data" in page
+    written = out.stdout + out.stderr + report.read_text() + page
+    assert [v for v in phi_of(files) if v in written] == []

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 from pacsvault.scan.findings import SEVERITIES, Finding, severity_rank
-from pacsvault.scan.report import terminal, write_json
+from pacsvault.scan.report import terminal, write_html, write_json
 from pacsvault.scan.targets import Target, TargetError, is_local, parse_target
 
 
@@ -32,6 +32,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     import logging
 
     from pacsvault.scan.dimse_probe import probe
+    from pacsvault.scan.web_probe import probe_http
 
     # pynetdicom logs every refused association as an error; here refusals are results.
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
@@ -46,7 +47,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
         out: list[Finding] = []
         for t in host_targets:  # one association at a time per host
             try:
-                out += probe(t, timeout=args.timeout, budget=args.budget)
+                if t.scheme == "dicom":
+                    found = probe(t, timeout=args.timeout, budget=args.budget)
+                else:
+                    found = probe_http(t.host, t.port, t.scheme == "https", args.timeout)
+                if not t.explicit:  # default-port sweep: closed ports are not news
+                    found = [f for f in found if f.id != "NET-UNREACHABLE"]
+                out += found
             except Exception as exc:  # a misbehaving target must never end the run
                 out.append(Finding("NET-NOT-DICOM", "info", str(t), "Not DICOM / no answer",
                                    f"probe ended early ({type(exc).__name__})"))  # fmt: skip
@@ -66,6 +73,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     print(terminal(findings, colour=sys.stdout.isatty()))
     if args.json:
         write_json(args.json, findings, started, finished)
+    if args.html:
+        write_html(args.html, findings, started, finished)
     worst = max((severity_rank(f.severity) for f in findings), default=0)
     return 1 if worst >= severity_rank(args.fail_on) else 0
 
@@ -81,6 +90,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="you have permission to test these hosts (needed beyond this machine)",
     )
     p.add_argument("--json", type=Path, metavar="PATH", help="write the JSON report")
+    p.add_argument("--html", type=Path, metavar="PATH", help="write a self-contained HTML report")
     p.add_argument(
         "--fail-on",
         default="high",

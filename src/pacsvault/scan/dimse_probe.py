@@ -230,6 +230,12 @@ def probe(target: Target, *, timeout: float = 5.0, budget: int = 100_000) -> lis
         )
         findings.append(Finding("DIMSE-REFUSED", "info", where, "Strangers are refused",
                                 f"association rejected ({reason})"))  # fmt: skip
+        findings.append(Finding(
+            "DIMSE-CLEARTEXT-SERVICE", "low", where, "DICOM offered in cleartext",
+            "the port speaks DICOM without TLS: registered peers' traffic (images, names) can be "
+            "read on the network path",
+            "Offer DICOM over TLS (port 2762) to remote peers; keep cleartext to loopback.",
+        ))  # fmt: skip
         return findings
 
     assoc = attempt.assoc
@@ -288,21 +294,23 @@ def _fingerprint(where: str, attempt: Attempt) -> Finding:
 
 def _find_finding(where: str, tally: Tally, budget: int) -> Finding:
     quality = "lower bound" if tally.capped else "exact"
-    counts_quality = quality if tally.counts_complete else "lower bound"
     method = "study-level C-FIND"
+    counts = {
+        "patients": Count(len(tally.patients), quality, "distinct hashed PatientID, " + method),
+        "studies": Count(tally.responses, quality, method),
+    }
+    if tally.counts_complete:  # the server returned the study's related-object counts
+        counts["series"] = Count(tally.series, quality, "sum of NumberOfStudyRelatedSeries")
+        counts["instances"] = Count(
+            tally.instances, quality, "sum of NumberOfStudyRelatedInstances"
+        )
     return Finding(
         "DIMSE-FIND-STUDY", "critical", where, "Anonymous study-level C-FIND",
         f"a stranger can list {tally.responses} studies"
         + (f" (stopped with C-CANCEL after {budget})" if tally.capped else ""),
         "Deny C-FIND to unknown AEs (Orthanc: keep DicomAlwaysAllowFind false); require "
         "registered peers with TLS client certificates; take DICOM off untrusted networks.",
-        counts={
-            "patients": Count(len(tally.patients), quality, "distinct hashed PatientID, " + method),
-            "studies": Count(tally.responses, quality, method),
-            "series": Count(tally.series, counts_quality, "sum of NumberOfStudyRelatedSeries"),
-            "instances": Count(tally.instances, counts_quality,
-                               "sum of NumberOfStudyRelatedInstances"),
-        },
+        counts=counts,
         details={
             "modalities": sorted(tally.modalities),
             "date_range": [tally.first_date, tally.last_date] if tally.first_date else [],

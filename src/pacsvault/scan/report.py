@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +45,46 @@ def terminal(findings: list[Finding], colour: bool) -> str:
         if f.remediation:
             lines.append(f"    fix: {f.remediation}")
     return "\n".join(lines)
+
+
+def html(findings: list[Finding], started: float, finished: float) -> str:
+    """A self-contained page a clinic manager can read: worst findings first, plain words."""
+    from html import escape
+
+    rows = []
+    for f in sorted(findings, key=lambda f: -severity_rank(f.severity)):
+        counts = "".join(
+            f"<li>{escape(name)}: <b>{c.value}</b> ({escape(c.quality)}; {escape(c.method)})</li>"
+            for name, c in f.counts.items()
+        )
+        rows.append(
+            f'<section class="{f.severity}"><h2>{escape(f.severity.upper())}: '
+            f"{escape(f.title)}</h2><p class=where>{escape(f.target)} &middot; {escape(f.id)}</p>"
+            f"<p>{escape(f.result)}</p>"
+            + (f"<ul>{counts}</ul>" if counts else "")
+            + (f"<p><b>What to do:</b> {escape(f.remediation)}</p>" if f.remediation else "")
+            + "</section>"
+        )
+    worst = max((severity_rank(f.severity) for f in findings), default=0)
+    verdict = (
+        "A stranger on the network can read patient data from this system."
+        if worst >= severity_rank("critical")
+        else "No critical exposure was found."
+    )
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
+    return f"""<!doctype html><html lang=en><meta charset=utf-8>
+<title>PACS exposure report</title>
+<style>body{{font:16px/1.4 sans-serif;max-width:56em;margin:2em auto;padding:0 1em}}
+section{{border-left:6px solid #999;padding:.2em 1em;margin:1em 0;background:#f7f7f7}}
+.critical{{border-color:#b00}}.high{{border-color:#e60}}.medium{{border-color:#db0}}
+.low{{border-color:#39c}}.info{{border-color:#aaa}}.where{{color:#555;font-size:90%}}</style>
+<h1>PACS exposure report</h1><p>Scanned {escape(when)} by pacsvault {escape(__version__)}
+({finished - started:.0f} s). Counts only: no patient data was copied.</p>
+<p><b>{escape(verdict)}</b></p>
+{"".join(rows)}
+</html>
+"""
+
+
+def write_html(path: Path, findings: list[Finding], started: float, finished: float) -> None:
+    path.write_text(html(findings, started, finished), encoding="utf-8")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 DEFAULT_DICOM_PORTS = (104, 11112, 4242, 2761, 2762)
+DEFAULT_WEB_PORTS = (("http", 8042), ("http", 80), ("http", 8080), ("https", 443), ("https", 8443))
 MAX_HOSTS = 256  # a CIDR range larger than this is refused
 
 
@@ -22,10 +23,14 @@ class Target:
     host: str
     port: int
     aet: str | None = None
+    scheme: str = "dicom"  # dicom, http or https
+    explicit: bool = True  # named by the operator (not a default-port sweep)
 
     def __str__(self) -> str:
         prefix = f"{self.aet}@" if self.aet else ""
         host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.scheme != "dicom":
+            return f"{self.scheme}://{host}:{self.port}"
         return f"{prefix}{host}:{self.port}"
 
 
@@ -47,6 +52,9 @@ def parse_target(text: str, ports: tuple[int, ...] = DEFAULT_DICOM_PORTS) -> lis
         url = urlsplit(text)
         if not url.hostname:
             raise TargetError(f"{text}: no host in URL")
+        if url.scheme in ("http", "https"):
+            default = 443 if url.scheme == "https" else 80
+            return [Target(url.hostname, url.port or default, None, url.scheme)]
         return [Target(url.hostname, url.port or ports[0], url.username)]
     if "@" in text:
         aet, _, text = text.partition("@")
@@ -71,7 +79,12 @@ def parse_target(text: str, ports: tuple[int, ...] = DEFAULT_DICOM_PORTS) -> lis
         hosts = [str(h) for h in (net.hosts() if net.num_addresses > 2 else net)]
     else:
         hosts = [host]
-    return [Target(h, p, aet) for h in hosts for p in chosen]
+    if port:
+        return [Target(h, port, aet) for h in hosts]
+    sweep = [Target(h, p, aet, explicit=False) for h in hosts for p in chosen]
+    return sweep + [
+        Target(h, p, None, scheme, explicit=False) for h in hosts for scheme, p in DEFAULT_WEB_PORTS
+    ]
 
 
 def is_local(host: str) -> bool:

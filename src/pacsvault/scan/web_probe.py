@@ -1,0 +1,108 @@
+"""Web checks: Orthanc's REST API, DICOMweb roots and viewer pages, reachable without login.
+
+Only GET requests, small bodies; never a study's content. Counts come from Orthanc's
+own ``/statistics`` counters (marked exact, method "native counters").
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from pacsvault.scan.findings import Count, Finding
+
+QIDO_ROOTS = ("/dicom-web/studies?limit=1", "/dcm4chee-arc/aets/DCM4CHEE/rs/studies?limit=1",
+              "/wado/studies?limit=1")  # fmt: skip
+VIEWER_PAGES = ("/app/explorer.html", "/ui/app/", "/dcm4chee-arc/ui2/", "/viewer")
+MAX_BODY = 1 << 20
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+
+
+def _get(base: str, path: str, timeout: float) -> Reply | None:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # we test exposure, not trust
+    req = urllib.request.Request(base + path, headers={"User-Agent": "pacsvault-scan"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
+            return Reply(r.status, r.read(MAX_BODY))
+    except urllib.error.HTTPError as exc:
+        return Reply(exc.code, b"")
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _json(reply: Reply | None) -> object:
+    if reply is None or reply.status != 200:
+        return None
+    try:
+        return json.loads(reply.body)
+    except ValueError:
+        return None
+
+
+def probe_http(host: str, port: int, tls: bool, timeout: float = 5.0) -> list[Finding]:
+    """Run the web checks against one HTTP(S) endpoint."""
+    scheme = "https" if tls else "http"
+    base = f"{scheme}://{host}:{port}"
+    where = base
+    root = _get(base, "/", timeout)
+    if root is None:
+        return []  # no web server here
+    findings: list[Finding] = []
+    auth_seen = root.status == 401
+    system = _get(base, "/system", timeout)
+    info = _json(system)
+    if isinstance(info, dict) and "Version" in info:
+        findings.append(Finding(
+            "WEB-ORTHANC-REST-OPEN", "critical", where, "Orthanc REST API open without login",
+            f"GET /system answered without credentials (Orthanc {info.get('Version')})",
+            "Enable AuthenticationEnabled with strong RegisteredUsers, keep RemoteAccessAllowed "
+            "false unless behind an authenticating proxy with TLS.",
+            details={"product": "Orthanc", "version": str(info.get("Version"))},
+        ))  # fmt: skip
+        stats = _json(_get(base, "/statistics", timeout))
+        if isinstance(stats, dict):
+            method = "native counters (Orthanc /statistics)"
+            findings[-1].counts = {
+                name: Count(int(stats.get(key, 0)), "exact", method)
+                for name, key in (("patients", "CountPatients"), ("studies", "CountStudies"),
+                                  ("series", "CountSeries"), ("instances", "CountInstances"))
+            }  # fmt: skip
+    elif system is not None and system.status == 401:
+        auth_seen = True
+    for path in QIDO_ROOTS:
+        data = _json(_get(base, path, timeout))
+        if isinstance(data, list):
+            findings.append(Finding(
+                "WEB-QIDO-OPEN", "critical", where, "DICOMweb QIDO-RS open without login",
+                f"GET {path.split('?')[0]} listed studies without credentials",
+                "Require authentication (a token or session) on every DICOMweb route.",
+            ))  # fmt: skip
+            break
+    for path in VIEWER_PAGES:
+        page = _get(base, path, timeout)
+        if page is not None and page.status == 200 and page.body:
+            findings.append(Finding(
+                "WEB-VIEWER-OPEN", "high", where, "Viewer page served without login",
+                f"GET {path} returned a page without credentials",
+                "Put the viewer behind a login.",
+            ))  # fmt: skip
+            break
+        if page is not None and page.status == 401:
+            auth_seen = True
+    if not tls:
+        findings.append(Finding(
+            "WEB-CLEARTEXT", "medium", where, "Web service over cleartext HTTP",
+            "credentials and images would cross the network readable"
+            + (" (it asks for a login over plain HTTP)" if auth_seen else ""),
+            "Serve HTTPS only (TLS 1.2+), or bind HTTP to loopback behind a TLS proxy.",
+        ))  # fmt: skip
+    return findings
