@@ -103,9 +103,11 @@ def test_permissive_orthanc(permissive_orthanc, tmp_path: Path) -> None:
 
 def test_pacsvault_defaults(server) -> None:
     cli(server.data, "demo", "--patients", "2")
-    proc = scan(f"127.0.0.1:{server.port}", "--fail-on", "medium")
+    proc = scan(f"127.0.0.1:{server.port}", f"127.0.0.1:{server.tls_port}", "--fail-on", "medium")
     assert proc.returncode == 0, proc.stdout
     assert "DIMSE-REFUSED" in proc.stdout
+    assert f"127.0.0.1:{server.tls_port} TLS-SUPPORTED" in proc.stdout
+    assert "negotiated TLSv1.3" in proc.stdout and "TLS-OLD-VERSION" not in proc.stdout
     assert "[CRITICAL]" not in proc.stdout and "[HIGH]" not in proc.stdout
     assert "association rejected" in server.log_text()
     assert "Traceback" not in proc.stderr

@@ -12,6 +12,26 @@ from pacsvault.scan.findings import SEVERITIES, Finding, severity_rank
 from pacsvault.scan.report import terminal, write_html, write_json
 from pacsvault.scan.targets import Target, TargetError, is_local, parse_target
 
+TLS_PORTS = (2761, 2762)
+
+
+def probe_dicom(t: Target, args: argparse.Namespace) -> list[Finding]:
+    """DICOM-TLS first on the TLS ports, cleartext DICOM first elsewhere.
+
+    A TLS ClientHello sent to a cleartext DICOM port reads as a huge PDU and can keep a
+    single-process server (dcmqrscp) busy, so TLS is tried there only when the port did
+    not speak cleartext DICOM.
+    """
+    from pacsvault.scan.dimse_probe import probe
+    from pacsvault.scan.tls_probe import probe_tls
+
+    if t.port in TLS_PORTS and (found := probe_tls(t.host, t.port, args.timeout)):
+        return found
+    found = probe(t, timeout=args.timeout, budget=args.budget)
+    if any(f.id == "NET-NOT-DICOM" for f in found):
+        return probe_tls(t.host, t.port, args.timeout) or found
+    return found
+
 
 def cmd_scan(args: argparse.Namespace) -> int:
     ports = tuple(int(p) for p in args.ports.split(",")) if args.ports else None
@@ -31,7 +51,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     import logging
 
-    from pacsvault.scan.dimse_probe import probe
     from pacsvault.scan.web_probe import probe_http
 
     # pynetdicom logs every refused association as an error; here refusals are results.
@@ -48,7 +67,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         for t in host_targets:  # one association at a time per host
             try:
                 if t.scheme == "dicom":
-                    found = probe(t, timeout=args.timeout, budget=args.budget)
+                    found = probe_dicom(t, args)
                 else:
                     found = probe_http(t.host, t.port, t.scheme == "https", args.timeout)
                 if not t.explicit:  # default-port sweep: closed ports are not news
