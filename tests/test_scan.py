@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -27,13 +28,19 @@ def scan(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 @pytest.fixture
 def permissive_orthanc(tmp_path: Path):
     """Orthanc as exposed servers were found: any AE, C-FIND allowed, holding SPEC."""
+    with running_orthanc(tmp_path) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def running_orthanc(tmp_path: Path, **extra: object):
     port, http = free_port(), free_port()
     config = {
         "StorageDirectory": str(tmp_path / "storage"), "IndexDirectory": str(tmp_path / "index"),
         "Plugins": [], "HttpPort": http, "DicomPort": port, "DicomAet": "ORTHANC",
         "DicomCheckCalledAet": False, "DicomAlwaysAllowFind": True,
         "DicomAlwaysAllowEcho": True, "DicomAlwaysAllowStore": True,
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, **extra,
     }  # fmt: skip
     (tmp_path / "orthanc.json").write_text(json.dumps(config))
     proc = subprocess.Popen(["/usr/sbin/Orthanc", str(tmp_path / "orthanc.json")],
@@ -244,3 +251,12 @@ def test_dcmqrscp_accepting_any_ae(tmp_path: Path) -> None:
     assert "A stranger on the network can read patient data" in page
     written = out.stdout + out.stderr + report.read_text() + page
     assert [v for v in phi_of(files) if v in written] == []
+
+
+def test_orthanc_that_lets_strangers_retrieve(tmp_path: Path) -> None:
+    with running_orthanc(tmp_path, DicomAlwaysAllowGet=True) as (port, _http, _files):
+        report = tmp_path / "r.json"
+        scan(f"127.0.0.1:{port}", "--json", str(report))
+    found = {f["id"]: f["severity"] for f in json.loads(report.read_text())["findings"]}
+    assert found["DIMSE-GET-OPEN"] == "critical"
+    assert "DIMSE-MOVE-ANY-DESTINATION" not in found  # Orthanc refuses unknown destinations

@@ -21,6 +21,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (
     CTImageStorage,
+    ModalityWorklistInformationFind,
     MRImageStorage,
     PatientRootQueryRetrieveInformationModelFind,
     SecondaryCaptureImageStorage,
@@ -42,6 +43,7 @@ SERVICES = {
     str(PatientRootQueryRetrieveInformationModelFind): "find",
     str(StudyRootQueryRetrieveInformationModelGet): "get",
     str(StudyRootQueryRetrieveInformationModelMove): "move",
+    str(ModalityWorklistInformationFind): "worklist",
     str(CTImageStorage): "store",
     str(MRImageStorage): "store",
     str(SecondaryCaptureImageStorage): "store",
@@ -126,9 +128,12 @@ class Tally:
     last_date: str = ""
     fields_seen: set[str] = field(default_factory=set)
     capped: bool = False
+    sample_study: str = ""  # one StudyInstanceUID, kept in memory for the retrieve checks only
 
     def add_study(self, ds: Dataset) -> None:
         self.responses += 1
+        if not self.sample_study:
+            self.sample_study = str(ds.get("StudyInstanceUID", "") or "")
         pid = str(ds.get("PatientID", "") or "")
         self.patients.add(hmac.new(self.salt, pid.encode(), hashlib.sha256).hexdigest())
         for key in ("PatientName", "PatientBirthDate", "PatientID", "ReferringPhysicianName",
@@ -190,6 +195,63 @@ def patient_find(assoc: Association, budget: int) -> int | None:
                 assoc.send_c_cancel(8, cx)
                 break
     return n
+
+
+def worklist_find(assoc: Association, budget: int) -> int | None:
+    """Scheduled procedure steps a universal worklist C-FIND returns; None if refused."""
+    cx = _context_id(assoc, str(ModalityWorklistInformationFind))
+    if cx is None:
+        return None
+    step = Dataset()
+    step.Modality = ""
+    step.ScheduledProcedureStepStartDate = ""
+    query = Dataset()
+    query.PatientID = ""
+    query.ScheduledProcedureStepSequence = [step]
+    n = 0
+    for status, _ident in assoc.send_c_find(query, ModalityWorklistInformationFind, msg_id=9):
+        if status and status.get("Status") in PENDING:
+            n += 1
+            if n >= budget:
+                assoc.send_c_cancel(9, cx)
+                break
+    return n
+
+
+def retrieve_reach(assoc: Association, study_uid: str) -> dict[str, str]:
+    """Whether C-GET and C-MOVE of one study are attempted for a stranger, without data.
+
+    The C-GET proposes no storage context with the SCP role, so any sub-operation the
+    server attempts must fail; the C-MOVE names a random destination, which a correctly
+    configured server refuses as unknown (0xA801). Returns {service: verdict}.
+    """
+    out: dict[str, str] = {}
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_uid
+    if _context_id(assoc, str(StudyRootQueryRetrieveInformationModelGet)) is not None:
+        final = None
+        for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
+            final = status
+        attempted = (
+            final is not None
+            and (
+                int(final.get("NumberOfFailedSuboperations", 0) or 0)
+                + int(final.get("NumberOfCompletedSuboperations", 0) or 0)
+                + int(final.get("NumberOfWarningSuboperations", 0) or 0)
+            )
+            > 0
+        )
+        out["get"] = "attempted" if attempted else "refused"
+    move_cx = _context_id(assoc, str(StudyRootQueryRetrieveInformationModelMove))
+    if move_cx is not None and assoc.is_established:
+        final = None
+        model = StudyRootQueryRetrieveInformationModelMove
+        for status, _ in assoc.send_c_move(query, random_aet(), model):
+            final = status
+        code = final.get("Status") if final is not None else None
+        out["move"] = "refused" if code in (0xA801, None) or (code or 0) >= 0xA000 else "attempted"
+    return out
 
 
 def probe(target: Target, *, timeout: float = 5.0, budget: int = 100_000) -> list[Finding]:
@@ -264,7 +326,7 @@ def probe(target: Target, *, timeout: float = 5.0, budget: int = 100_000) -> lis
         tally = study_find(assoc, budget) if "find" in attempt.services else None
         if tally is not None and tally.responses:
             findings.append(_find_finding(where, tally, budget))
-            patients = patient_find(assoc, budget)
+            patients = patient_find(assoc, budget) if assoc.is_established else None
             if patients:
                 findings.append(Finding(
                     "DIMSE-FIND-PATIENT", "critical", where, "Anonymous patient-level C-FIND",
@@ -273,8 +335,34 @@ def probe(target: Target, *, timeout: float = 5.0, budget: int = 100_000) -> lis
                     counts={"patients": Count(patients, "exact" if patients < budget else
                                               "lower bound", "patient-level C-FIND")},
                 ))  # fmt: skip
+        if "worklist" in attempt.services and assoc.is_established:
+            steps = worklist_find(assoc, budget)
+            if steps:
+                findings.append(Finding(
+                    "DIMSE-WORKLIST-OPEN", "critical", where, "Anonymous modality worklist",
+                    f"{steps} scheduled procedure steps listed to a stranger",
+                    "Deny worklist queries to unknown AEs.",
+                ))  # fmt: skip
+        # Last: some servers abort the association after refusing a retrieve.
+        sample = tally.sample_study if tally is not None else ""
+        reach = retrieve_reach(assoc, sample) if sample and assoc.is_established else {}
+        if reach.get("get") == "attempted":
+            findings.append(Finding(
+                "DIMSE-GET-OPEN", "critical", where, "Images retrievable by C-GET",
+                "the server started sending a study's images to a stranger (the scanner "
+                "accepted none of them)",
+                "Deny C-GET to unknown AEs (Orthanc: DicomAlwaysAllowGet false).",
+            ))  # fmt: skip
+        if reach.get("move") == "attempted":
+            findings.append(Finding(
+                "DIMSE-MOVE-ANY-DESTINATION", "critical", where,
+                "C-MOVE to an unregistered destination attempted",
+                "the server accepted a C-MOVE to a destination it does not know",
+                "Allow C-MOVE only to registered destinations bound to addresses.",
+            ))  # fmt: skip
     finally:
-        assoc.release()
+        if assoc.is_established:
+            assoc.release()
     return findings
 
 
