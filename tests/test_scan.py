@@ -260,3 +260,28 @@ def test_orthanc_that_lets_strangers_retrieve(tmp_path: Path) -> None:
     found = {f["id"]: f["severity"] for f in json.loads(report.read_text())["findings"]}
     assert found["DIMSE-GET-OPEN"] == "critical"
     assert "DIMSE-MOVE-ANY-DESTINATION" not in found  # Orthanc refuses unknown destinations
+
+
+def test_write_test_only_with_intrusive(permissive_orthanc, tmp_path: Path) -> None:
+    port, _http, _files = permissive_orthanc
+    quiet = tmp_path / "quiet.json"
+    scan(f"127.0.0.1:{port}", "--json", str(quiet))
+    assert "DIMSE-STORE-OPEN" not in quiet.read_text()
+    report = tmp_path / "r.json"
+    scan(f"127.0.0.1:{port}", "--intrusive", "--json", str(report))
+    by_id = {f["id"]: f for f in json.loads(report.read_text())["findings"]}
+    stored = by_id["DIMSE-STORE-OPEN"]
+    assert stored["severity"] == "high"
+    assert stored["details"]["study_instance_uid"].startswith("2.25.")
+    assert stored["details"]["study_instance_uid"] in stored["result"]
+
+
+def test_default_credentials_only_when_asked(tmp_path: Path) -> None:
+    users = {"orthanc": "orthanc"}
+    with running_orthanc(tmp_path, AuthenticationEnabled=True, RegisteredUsers=users,
+                         DicomAlwaysAllowFind=False) as (_port, http, _files):  # fmt: skip
+        plain = scan(f"http://127.0.0.1:{http}")
+        tried = scan(f"http://127.0.0.1:{http}", "--try-default-credentials")
+    assert "WEB-DEFAULT-CREDENTIALS" not in plain.stdout
+    assert "[CRITICAL] http://127.0.0.1:" in tried.stdout
+    assert "WEB-DEFAULT-CREDENTIALS" in tried.stdout and tried.returncode == 1

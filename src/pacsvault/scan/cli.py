@@ -27,7 +27,7 @@ def probe_dicom(t: Target, args: argparse.Namespace) -> list[Finding]:
 
     if t.port in TLS_PORTS and (found := probe_tls(t.host, t.port, args.timeout)):
         return found
-    found = probe(t, timeout=args.timeout, budget=args.budget)
+    found = probe(t, timeout=args.timeout, budget=args.budget, intrusive=args.intrusive)
     if any(f.id == "NET-NOT-DICOM" for f in found):
         return probe_tls(t.host, t.port, args.timeout) or found
     return found
@@ -69,7 +69,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 if t.scheme == "dicom":
                     found = probe_dicom(t, args)
                 else:
-                    found = probe_http(t.host, t.port, t.scheme == "https", args.timeout)
+                    found = probe_http(t.host, t.port, t.scheme == "https", args.timeout,
+                                       args.try_default_credentials)  # fmt: skip
                 if not t.explicit:  # default-port sweep: closed ports are not news
                     found = [f for f in found if f.id != "NET-UNREACHABLE"]
                 out += found
@@ -107,6 +108,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--authorized",
         action="store_true",
         help="you have permission to test these hosts (needed beyond this machine)",
+    )
+    p.add_argument(
+        "--try-default-credentials",
+        action="store_true",
+        help="try at most five well-known default web logins",
+    )
+    p.add_argument(
+        "--intrusive",
+        action="store_true",
+        help="also test writing: C-STORE one obviously synthetic object (its UIDs "
+        "are reported so the owner can delete it)",
     )
     p.add_argument("--json", type=Path, metavar="PATH", help="write the JSON report")
     p.add_argument("--html", type=Path, metavar="PATH", help="write a self-contained HTML report")

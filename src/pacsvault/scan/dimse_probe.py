@@ -254,7 +254,49 @@ def retrieve_reach(assoc: Association, study_uid: str) -> dict[str, str]:
     return out
 
 
-def probe(target: Target, *, timeout: float = 5.0, budget: int = 100_000) -> list[Finding]:
+def synthetic_object() -> Dataset:
+    """An obviously fake Secondary Capture (4x4 pixels) for the --intrusive write test."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = str(SecondaryCaptureImageStorage)
+    ds.SOPInstanceUID = generate_uid(prefix="2.25.")
+    ds.StudyInstanceUID = generate_uid(prefix="2.25.")
+    ds.SeriesInstanceUID = generate_uid(prefix="2.25.")
+    ds.PatientName = "ZZZ^EXPAUDIT"
+    ds.PatientID = "EXPAUDIT-SAFE-TO-DELETE"
+    ds.StudyDescription = "SAFE TO DELETE - exposure audit by pacsvault scan"
+    ds.Modality = "OT"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows = ds.Columns = 4
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = bytes(16)
+    return ds
+
+
+def store_test(assoc: Association, where: str) -> Finding | None:
+    """EXP-DIMSE-12: does a stranger's C-STORE get stored?"""
+    ds = synthetic_object()
+    status = assoc.send_c_store(ds)
+    code = status.get("Status") if status else None
+    if code is None or not (code == 0 or 0xB000 <= code <= 0xBFFF):
+        return None
+    return Finding(
+        "DIMSE-STORE-OPEN", "high", where, "A stranger can store objects",
+        f"a synthetic object was stored (status 0x{code:04X}); delete study "
+        f"{ds.StudyInstanceUID} (patient ZZZ^EXPAUDIT)",
+        "Accept C-STORE from registered modalities only (Orthanc: DicomAlwaysAllowStore false).",
+        details={"study_instance_uid": ds.StudyInstanceUID,
+                 "sop_instance_uid": ds.SOPInstanceUID},
+    )  # fmt: skip
+
+
+def probe(
+    target: Target, *, timeout: float = 5.0, budget: int = 100_000, intrusive: bool = False
+) -> list[Finding]:
     """Run the DIMSE checks against one target, one association at a time."""
     where = str(target)
     state = tcp_state(target.host, target.port, timeout)
@@ -343,6 +385,11 @@ def probe(target: Target, *, timeout: float = 5.0, budget: int = 100_000) -> lis
                     f"{steps} scheduled procedure steps listed to a stranger",
                     "Deny worklist queries to unknown AEs.",
                 ))  # fmt: skip
+        stored = None
+        if intrusive and "store" in attempt.services and assoc.is_established:
+            stored = store_test(assoc, where)
+        if stored is not None:
+            findings.append(stored)
         # Last: some servers abort the association after refusing a retrieve.
         sample = tally.sample_study if tally is not None else ""
         reach = retrieve_reach(assoc, sample) if sample and assoc.is_established else {}

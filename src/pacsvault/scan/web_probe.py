@@ -6,6 +6,7 @@ own ``/statistics`` counters (marked exact, method "native counters").
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
 import urllib.error
@@ -18,6 +19,9 @@ QIDO_ROOTS = ("/dicom-web/studies?limit=1", "/dcm4chee-arc/aets/DCM4CHEE/rs/stud
               "/wado/studies?limit=1")  # fmt: skip
 VIEWER_PAGES = ("/app/explorer.html", "/ui/app/", "/dcm4chee-arc/ui2/", "/viewer")
 MAX_BODY = 1 << 20
+#: Tried only with --try-default-credentials: at most five, product defaults from vendor docs.
+DEFAULT_CREDENTIALS = (("orthanc", "orthanc"), ("admin", "admin"), ("admin", "password"),
+                       ("alice", "alicePassword"), ("root", "root"))  # fmt: skip
 
 
 @dataclass
@@ -26,10 +30,14 @@ class Reply:
     body: bytes
 
 
-def _get(base: str, path: str, timeout: float) -> Reply | None:
+def _get(base: str, path: str, timeout: float, auth: tuple[str, str] | None = None) -> Reply | None:
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # we test exposure, not trust
-    req = urllib.request.Request(base + path, headers={"User-Agent": "pacsvault-scan"})
+    headers = {"User-Agent": "pacsvault-scan"}
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    req = urllib.request.Request(base + path, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
             return Reply(r.status, r.read(MAX_BODY))
@@ -48,7 +56,9 @@ def _json(reply: Reply | None) -> object:
         return None
 
 
-def probe_http(host: str, port: int, tls: bool, timeout: float = 5.0) -> list[Finding]:
+def probe_http(
+    host: str, port: int, tls: bool, timeout: float = 5.0, try_defaults: bool = False
+) -> list[Finding]:
     """Run the web checks against one HTTP(S) endpoint."""
     scheme = "https" if tls else "http"
     base = f"{scheme}://{host}:{port}"
@@ -98,6 +108,16 @@ def probe_http(host: str, port: int, tls: bool, timeout: float = 5.0) -> list[Fi
             break
         if page is not None and page.status == 401:
             auth_seen = True
+    if auth_seen and try_defaults:
+        for user, password in DEFAULT_CREDENTIALS:
+            reply = _get(base, "/system", timeout, (user, password))
+            if reply is not None and reply.status == 200:
+                findings.append(Finding(
+                    "WEB-DEFAULT-CREDENTIALS", "critical", where, "Default login accepted",
+                    f"the well-known login '{user}' with its default password was accepted",
+                    "Change the password now; use long random passwords and disable defaults.",
+                ))  # fmt: skip
+                break
     if not tls:
         findings.append(Finding(
             "WEB-CLEARTEXT", "medium", where, "Web service over cleartext HTTP",
