@@ -65,8 +65,12 @@ def test_doctor_against_a_running_server(server) -> None:
 
     settings = server.data / "pacsvault.toml"
     settings.write_text(settings.read_text().replace("port = 2762", f"port = {server.tls_port}"))
+    settings.write_text(settings.read_text().replace("port = 11112", f"port = {server.port}"))
     out = cli(server.data, "doctor")
     assert "PASS  TLS listener rejects TLS 1.1" in out.stdout
+    assert "PASS  scan DIMSE-REFUSED" in out.stdout
+    assert "calling AE not recognised" in out.stdout
+    assert "association rejected" in server.log_text()
     assert "speaks TLSv1.3" in out.stdout
     assert "0 failed" in out.stdout
 

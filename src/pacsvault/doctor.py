@@ -23,10 +23,35 @@ def _connect_host(bind: str) -> str:
     return "127.0.0.1" if bind in ("0.0.0.0", "") else ("::1" if bind == "::" else bind)
 
 
+def scan_own_listener(host: str, port: int, ae_title: str) -> list[Check]:
+    """The exposure scanner against our own cleartext listener, as a stranger would see it.
+
+    Called with our AE title, so it makes a single association attempt (a random
+    calling AE): that refused attempt is logged, audited and counts once towards the
+    lockout of this address, like any stranger's.
+    """
+    import logging
+
+    from pacsvault.scan.dimse_probe import probe
+    from pacsvault.scan.targets import Target
+
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    findings = probe(Target(host, port, ae_title), timeout=5.0, budget=10)
+    if any(f.id == "NET-UNREACHABLE" for f in findings):
+        return [Check("DICOM listener (scan)", True, f"not running on {host}:{port}", "info")]
+    out = []
+    for f in findings:
+        exposed = SEVERITY_ORDER.index(f.severity) >= SEVERITY_ORDER.index("medium")
+        out.append(Check(f"scan {f.id}", not exposed, f.result, f.severity))
+    return out
+
+
 def probe_listeners(settings: Settings) -> list[Check]:
     """Passive checks of the running listeners (no DICOM association is attempted)."""
     host = _connect_host(settings.dicom.bind)
     out: list[Check] = []
+    if settings.dicom.cleartext:
+        out += scan_own_listener(host, settings.dicom.port, settings.dicom.ae_title)
     if settings.tls.enabled:
         try:
             with socket.create_connection((host, settings.tls.port), timeout=3) as raw:
