@@ -285,3 +285,16 @@ def test_default_credentials_only_when_asked(tmp_path: Path) -> None:
     assert "WEB-DEFAULT-CREDENTIALS" not in plain.stdout
     assert "[CRITICAL] http://127.0.0.1:" in tried.stdout
     assert "WEB-DEFAULT-CREDENTIALS" in tried.stdout and tried.returncode == 1
+
+
+def test_known_vulnerable_versions() -> None:
+    from pacsvault.scan.vulns import from_orthanc_version, from_version_name
+
+    assert [f.details["version"] for f in from_version_name("OFFIS_DCMTK_366", "t")] == [
+        "3.6.6", "3.6.6",
+    ]  # fmt: skip
+    assert "CVE-2026-50003" in from_version_name("OFFIS_DCMTK_367", "t")[0].result
+    assert from_version_name("OFFIS_DCMTK_371", "t") == []
+    assert from_version_name("PACSVAULT_010", "t") == []
+    assert len(from_orthanc_version("1.10.1", "t")) == 2
+    assert from_orthanc_version("1.12.11", "t") == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -79,16 +80,15 @@ def cmd_scan(args: argparse.Namespace) -> int:
                                    f"probe ended early ({type(exc).__name__})"))  # fmt: skip
         return out
 
-    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-        futures = [pool.submit(scan_host, ts) for ts in hosts.values()]
-        done, not_done = wait(futures, timeout=args.time_limit)
-        for fut in done:
-            findings += fut.result()
-        for fut in not_done:
-            fut.cancel()
-        if not_done:
-            findings.append(Finding("SCAN-TIME-LIMIT", "info", "-", "Time limit reached",
-                                    f"{len(not_done)} hosts not finished"))  # fmt: skip
+    pool = ThreadPoolExecutor(max_workers=args.concurrency)
+    futures = [pool.submit(scan_host, ts) for ts in hosts.values()]
+    done, not_done = wait(futures, timeout=args.time_limit)
+    for fut in done:
+        findings += fut.result()
+    pool.shutdown(wait=False, cancel_futures=True)
+    if not_done:
+        findings.append(Finding("SCAN-TIME-LIMIT", "info", "-", "Time limit reached",
+                                f"{len(not_done)} hosts not finished"))  # fmt: skip
     finished = time.time()
     print(terminal(findings, colour=sys.stdout.isatty()))
     if args.json:
@@ -96,7 +96,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if args.html:
         write_html(args.html, findings, started, finished)
     worst = max((severity_rank(f.severity) for f in findings), default=0)
-    return 1 if worst >= severity_rank(args.fail_on) else 0
+    code = 1 if worst >= severity_rank(args.fail_on) else 0
+    if not_done:  # the time limit is hard: probes still running are abandoned
+        sys.stdout.flush()
+        os._exit(code)
+    return code
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

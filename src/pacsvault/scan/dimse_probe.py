@@ -33,6 +33,7 @@ from pynetdicom.sop_class import (
 
 from pacsvault.scan.findings import Count, Finding
 from pacsvault.scan.targets import Target
+from pacsvault.scan.vulns import from_version_name
 
 #: Called AE titles tried when an arbitrary one is refused (defaults of common products).
 GUESSED_TITLES = ("ORTHANC", "DCM4CHEE", "ANY-SCP", "PACS", "STORESCP", "DCMQRSCP", "QRSCP",
@@ -346,6 +347,7 @@ def probe(
     assert assoc is not None
     try:
         findings.append(_fingerprint(where, attempt))
+        findings += from_version_name(attempt.version, where)
         qr = attempt.services & {"find", "get", "move", "store"}
         findings.append(Finding(
             "DIMSE-NO-CALLING-AE-CHECK", "high" if qr else "medium", where,

@@ -14,6 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from pacsvault.scan.findings import Count, Finding
+from pacsvault.scan.vulns import from_orthanc_version
 
 QIDO_ROOTS = ("/dicom-web/studies?limit=1", "/dcm4chee-arc/aets/DCM4CHEE/rs/studies?limit=1",
               "/wado/studies?limit=1")  # fmt: skip
@@ -78,10 +79,11 @@ def probe_http(
             "false unless behind an authenticating proxy with TLS.",
             details={"product": "Orthanc", "version": str(info.get("Version"))},
         ))  # fmt: skip
+        findings += from_orthanc_version(str(info.get("Version")), where)
         stats = _json(_get(base, "/statistics", timeout))
         if isinstance(stats, dict):
             method = "native counters (Orthanc /statistics)"
-            findings[-1].counts = {
+            findings[0].counts = {
                 name: Count(int(stats.get(key, 0)), "exact", method)
                 for name, key in (("patients", "CountPatients"), ("studies", "CountStudies"),
                                   ("series", "CountSeries"), ("instances", "CountInstances"))
