@@ -83,6 +83,7 @@ def test_permissive_orthanc(permissive_orthanc, tmp_path: Path) -> None:
                 "--html", str(page))  # fmt: skip
     assert proc.returncode == 1, proc.stdout + proc.stderr  # critical >= high
     doc = json.loads(report.read_text())
+    assert "DIMSE-FIND-STUDY" in proc.stdout, proc.stdout
     by_id = {f["id"]: f for f in doc["findings"]}
     assert by_id["DIMSE-FIND-STUDY"]["severity"] == "critical"
     counts = by_id["DIMSE-FIND-STUDY"]["counts"]
@@ -217,7 +218,7 @@ def test_dcmqrscp_accepting_any_ae(tmp_path: Path) -> None:
     files = write_data_set(tmp_path / "files", SPEC)
     port = free_port()
     (tmp_path / "dcmqrscp.cfg").write_text(
-        f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 4\n"
+        f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n"
         "HostTable BEGIN\nHostTable END\nVendorTable BEGIN\nVendorTable END\n"
         f"AETable BEGIN\nDCMQRSCP {db} RW (200, 1024mb) ANY\nAETable END\n"
     )
@@ -240,7 +241,7 @@ def test_dcmqrscp_accepting_any_ae(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-    assert out.returncode == 1
+    assert out.returncode == 1, out.stdout
     by_id = {f["id"]: f for f in json.loads(report.read_text())["findings"]}
     assert by_id["DIMSE-CALLED-AE-GUESSED"]["severity"] == "high"
     assert "DCMQRSCP" in by_id["DIMSE-CALLED-AE-GUESSED"]["result"]
@@ -270,6 +271,7 @@ def test_write_test_only_with_intrusive(permissive_orthanc, tmp_path: Path) -> N
     report = tmp_path / "r.json"
     scan(f"127.0.0.1:{port}", "--intrusive", "--json", str(report))
     by_id = {f["id"]: f for f in json.loads(report.read_text())["findings"]}
+    assert "DIMSE-STORE-OPEN" in by_id, [f["result"] for f in by_id.values()]
     stored = by_id["DIMSE-STORE-OPEN"]
     assert stored["severity"] == "high"
     assert stored["details"]["study_instance_uid"].startswith("2.25.")

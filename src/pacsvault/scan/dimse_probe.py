@@ -14,6 +14,7 @@ import hmac
 import secrets
 import socket
 import string
+import time
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
@@ -68,6 +69,7 @@ class Attempt:
 
     state: str  # accepted, rejected, not-dicom, closed, no-answer
     reason: int | None = None  # A-ASSOCIATE-RJ reason
+    transient: bool = False  # rejected-transient (e.g. the server is busy): worth a retry
     services: set[str] = field(default_factory=set)
     implementation: str = ""
     version: str = ""
@@ -86,6 +88,17 @@ def tcp_state(host: str, port: int, timeout: float) -> str:
 
 
 def associate(host: str, port: int, calling: str, called: str, timeout: float) -> Attempt:
+    """Like :func:`_associate_once`, retried a few times while the server answers 'busy'."""
+    attempt = _associate_once(host, port, calling, called, timeout)
+    for delay in (0.5, 1.0, 2.0):
+        if not attempt.transient:
+            break
+        time.sleep(delay)
+        attempt = _associate_once(host, port, calling, called, timeout)
+    return attempt
+
+
+def _associate_once(host: str, port: int, calling: str, called: str, timeout: float) -> Attempt:
     """Request an association proposing the probe contexts; keep it open when accepted."""
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
@@ -103,7 +116,8 @@ def associate(host: str, port: int, calling: str, called: str, timeout: float) -
             assoc=assoc,
         )
     if assoc.is_rejected and assoc.acceptor.primitive is not None:
-        return Attempt("rejected", reason=assoc.acceptor.primitive.diagnostic)
+        rj = assoc.acceptor.primitive
+        return Attempt("rejected", reason=rj.diagnostic, transient=rj.result == 0x02)
     return Attempt("not-dicom")
 
 
@@ -295,6 +309,20 @@ def store_test(assoc: Association, where: str) -> Finding | None:
     )  # fmt: skip
 
 
+def _guarded(assoc: Association, step, *args):  # type: ignore[no-untyped-def]
+    """Run one probe step; None when the server ended the association meanwhile.
+
+    Some servers abort after refusing a request (Orthanc does after a refused worklist
+    query or C-GET); what was found before that is kept.
+    """
+    if not assoc.is_established:
+        return None
+    try:
+        return step(*args)
+    except (RuntimeError, ValueError, OSError):
+        return None
+
+
 def probe(
     target: Target, *, timeout: float = 5.0, budget: int = 100_000, intrusive: bool = False
 ) -> list[Finding]:
@@ -313,7 +341,9 @@ def probe(
     if attempt.state == "rejected" and attempt.reason == 7 and target.aet is None:
         for title in GUESSED_TITLES:
             attempt = associate(target.host, target.port, random_aet(), title, timeout)
-            if attempt.state != "rejected" or attempt.reason != 7:
+            # Stop at the first title the server recognises (accepted, or the calling AE
+            # refused instead); anything else means this title was not it.
+            if attempt.state == "accepted" or attempt.reason == 3 or attempt.state != "rejected":
                 called = title
                 break
         if attempt.state == "accepted":
@@ -362,15 +392,15 @@ def probe(
             "the association was not encrypted", "Offer DICOM over TLS (port 2762) only.",
         ))  # fmt: skip
         if "echo" in attempt.services:
-            status = assoc.send_c_echo()
+            status = _guarded(assoc, assoc.send_c_echo)
             if status and status.get("Status") == 0x0000:
                 findings.append(Finding("DIMSE-ECHO", "low", where, "C-ECHO answered",
                                         "a stranger's C-ECHO succeeded",
                                         "Answer C-ECHO for registered peers only."))  # fmt: skip
-        tally = study_find(assoc, budget) if "find" in attempt.services else None
+        tally = _guarded(assoc, study_find, assoc, budget) if "find" in attempt.services else None
         if tally is not None and tally.responses:
             findings.append(_find_finding(where, tally, budget))
-            patients = patient_find(assoc, budget) if assoc.is_established else None
+            patients = _guarded(assoc, patient_find, assoc, budget)
             if patients:
                 findings.append(Finding(
                     "DIMSE-FIND-PATIENT", "critical", where, "Anonymous patient-level C-FIND",
@@ -379,22 +409,22 @@ def probe(
                     counts={"patients": Count(patients, "exact" if patients < budget else
                                               "lower bound", "patient-level C-FIND")},
                 ))  # fmt: skip
-        if "worklist" in attempt.services and assoc.is_established:
-            steps = worklist_find(assoc, budget)
+        stored = None
+        if intrusive and "store" in attempt.services and assoc.is_established:
+            stored = _guarded(assoc, store_test, assoc, where)
+        if stored is not None:
+            findings.append(stored)
+        if "worklist" in attempt.services:
+            steps = _guarded(assoc, worklist_find, assoc, budget)
             if steps:
                 findings.append(Finding(
                     "DIMSE-WORKLIST-OPEN", "critical", where, "Anonymous modality worklist",
                     f"{steps} scheduled procedure steps listed to a stranger",
                     "Deny worklist queries to unknown AEs.",
                 ))  # fmt: skip
-        stored = None
-        if intrusive and "store" in attempt.services and assoc.is_established:
-            stored = store_test(assoc, where)
-        if stored is not None:
-            findings.append(stored)
         # Last: some servers abort the association after refusing a retrieve.
         sample = tally.sample_study if tally is not None else ""
-        reach = retrieve_reach(assoc, sample) if sample and assoc.is_established else {}
+        reach = (_guarded(assoc, retrieve_reach, assoc, sample) if sample else None) or {}
         if reach.get("get") == "attempted":
             findings.append(Finding(
                 "DIMSE-GET-OPEN", "critical", where, "Images retrievable by C-GET",
