@@ -21,6 +21,9 @@ import pytest
 from pydicom.dataset import Dataset
 
 from pacsvault.dicom.synthetic import Spec, data_set
+from pynetdicom_fix import install as install_pynetdicom_fix
+
+install_pynetdicom_fix()
 
 SERVER_AET = "PACSVAULT"
 CLIENT_AET = "TESTSCU"

@@ -180,7 +180,10 @@ def test_who_accessed_and_no_phi(server, tmp_path: Path) -> None:
     report = cli(server.data, "audit", "who-accessed", "--patient", "PV0100001").stdout
     lines = report.strip().splitlines()
     retrieves = [x for x in lines if "\tretrieve\t" in x]
-    assert len(retrieves) == 2 and all("peer:test\t127.0.0.1" in x for x in retrieves)
+    # Per study: one record when the retrieve starts, one with what was sent when it ends.
+    assert len(retrieves) == 4 and all("peer:test\t127.0.0.1" in x for x in retrieves)
+    assert len([x for x in retrieves if "started: 4 instances" in x]) == 2
+    assert len([x for x in retrieves if "ended: completed 4, failed 0, warning 0" in x]) == 2
     assert len([x for x in lines if "\tstore\t" in x]) == 8
     other = cli(server.data, "audit", "who-accessed", "--patient", "PV0100002").stdout
     assert "\tretrieve\t" not in other and other.count("\tstore\t") == 8

@@ -110,12 +110,12 @@ def tree(tmp_path: Path) -> Tree:
     t.transfer_syntax[bare.SOPInstanceUID] = IMPLICIT_LE
     t.datasets.append(bare)
 
-    # A SOP Instance UID with a leading-zero component, same length: refused.
+    # A SOP Instance UID with a letter in it, same length: refused.
     path = _save(bad_uid, root / "bad" / "bad-uid.dcm")
     data = path.read_bytes()
     _ts, offset = split_part10(data)
     good = bad_uid.SOPInstanceUID.encode()
-    invalid = b"1.02" + b"3" * (len(good) - 4)
+    invalid = b"1.2x" + b"3" * (len(good) - 4)
     assert data[offset:].count(good) == 1
     path.write_bytes(data[:offset] + data[offset:].replace(good, invalid))
     t.refused_uids.add(bad_uid.SOPInstanceUID)

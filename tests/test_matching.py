@@ -42,8 +42,10 @@ def test_single_value_and_wildcards() -> None:
 def test_uid_lists() -> None:
     assert cond("StudyInstanceUID", "1.2.3\\1.2.4") == AnyOf(("1.2.3", "1.2.4"))
     assert cond("StudyInstanceUID", "1.2.3") == Exact("1.2.3")
+    # Leading zeros are not conformant, but safe: stored objects may carry them.
+    assert cond("StudyInstanceUID", "1.2.3\\1.02") == AnyOf(("1.2.3", "1.02"))
     with pytest.raises(InvalidQuery):
-        cond("StudyInstanceUID", "1.2.3\\1.02")
+        cond("StudyInstanceUID", "1.2.3\\1.2.a")
 
 
 def test_date_ranges() -> None:

@@ -421,14 +421,11 @@ def malformed_cases() -> list[tuple[str, str, str, str, bytes, int]]:
     # Missing or invalid UIDs.
     add("missing-sop-instance", 6, encode(image_dataset(6, SOPInstanceUID=None)), 0xC000)
     add("missing-study-uid", 7, encode(image_dataset(7, StudyInstanceUID=None)), 0xC000)
-    bad = "1.02.3"
-    add(
-        "invalid-uid-leading-zero",
-        8,
-        encode(image_dataset(8, SOPInstanceUID=bad)),
-        0xC000,
-        sop_instance=bad,
-    )
+    # Safe UIDs may have leading zeros, never control characters. pydicom would clean
+    # the value up, so the newline replaces a stand-in in the encoded bytes.
+    body = encode(image_dataset(8, SOPInstanceUID="1.2.39"))
+    add("invalid-uid-newline", 8, body.replace(b"1.2.39", b"1.2.3\n"), 0xC000,
+        sop_instance="1.2.39")  # fmt: skip
     bad = "1.2.826.abc.8"
     add(
         "invalid-uid-letters",

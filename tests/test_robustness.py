@@ -420,7 +420,7 @@ INVALID = {
     ),
     "invalid-uid-in-list": (
         StudyRootQueryRetrieveInformationModelFind,
-        _identifier("STUDY", StudyInstanceUID="1.2.3\\1.02.3"),
+        _identifier("STUDY", StudyInstanceUID="1.2.3\\1.2.a3"),
     ),
     "uid-with-letters": (
         PatientRootQueryRetrieveInformationModelFind,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pacsvault import __version__
 from pacsvault.config import SettingsError, is_loopback, load_settings, resolve_data_dir
-from pacsvault.security.audit import Action, Outcome
+from pacsvault.security.audit import Action, AuditUnavailable, Outcome
 from pacsvault.security.identity import Actor, local_operator
 from pacsvault.security.peers import PeerError, parse_services
 from pacsvault.security.tls import expiry_note
@@ -441,6 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from pacsvault.logsafe import install as install_log_filter
+
+    install_log_filter()
     if not args.verbose:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     # pydicom's warnings about invalid values quote the values, which may be patient
@@ -453,6 +456,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return 0
-    except (CommandError, SettingsError, SiteError, PeerError, UserError) as exc:
+    except (CommandError, SettingsError, SiteError, PeerError, UserError, AuditUnavailable) as exc:
         print(f"pacsvault: {exc}", file=sys.stderr)
         return 2

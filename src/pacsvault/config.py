@@ -40,12 +40,23 @@ class DicomSettings(_Section):
     cleartext: bool = True
     cleartext_networks: list[str] = Field(default_factory=list)
     max_associations: int = Field(default=32, ge=1, le=1000)
-    max_pdu: int = Field(default=0, ge=0)
+    max_associations_per_peer: int = Field(default=8, ge=1, le=1000)
+    max_pending: int = Field(default=64, ge=1, le=10000)
+    max_pending_per_address: int = Field(default=4, ge=1, le=1000)
+    max_pdu: int = Field(default=1048576, ge=0)
+    max_query_size: int = Field(default=1048576, ge=1024)
     network_timeout: float = Field(default=60.0, gt=0)
-    acse_timeout: float = Field(default=30.0, gt=0)
+    acse_timeout: float = Field(default=10.0, gt=0)
     dimse_timeout: float = Field(default=60.0, gt=0)
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
     max_find_results: int = Field(default=0, ge=0)
+
+    @field_validator("max_pdu")
+    @classmethod
+    def _max_pdu(cls, v: int) -> int:
+        if v and v < 4096:
+            raise ValueError("max_pdu is 0 (unlimited) or at least 4096")
+        return v
 
     @field_validator("ae_title")
     @classmethod
@@ -106,6 +117,7 @@ class StorageSettings(_Section):
     index_url: str = ""  # empty: SQLite file in the data directory
     blob_dir: str = "blobs"  # relative to the data directory
     fsync: bool = True
+    max_object_size: int = Field(default=4 * 1024**3, ge=1024 * 1024)
 
 
 class AuditSettings(_Section):
@@ -181,13 +193,25 @@ cleartext = true
 # networks it may come from are listed here, e.g. ["10.1.2.0/24"].
 # Associations from outside these networks are rejected.
 cleartext_networks = []
-# Simultaneous associations; more are rejected (local limit exceeded).
+# Simultaneous associations, in all and per peer; more are rejected (local limit
+# exceeded), so one peer can never hold every slot.
 max_associations = {d.max_associations}
-# Largest PDU we receive; 0 means unlimited (fastest for large images).
+max_associations_per_peer = {d.max_associations_per_peer}
+# Connections still in their handshake, in all and per source address. Past either
+# limit the oldest such connection is dropped, so silent sockets cannot lock out a
+# registered peer.
+max_pending = {d.max_pending}
+max_pending_per_address = {d.max_pending_per_address}
+# Largest PDU we receive (bytes; 0 means unlimited). Data is streamed to disk as it
+# arrives, so this does not bound memory; a bigger PDU aborts the association.
 max_pdu = {d.max_pdu}
-# Seconds of silence before an association is dropped.
+# Largest C-FIND/C-GET/C-MOVE identifier (bytes); bigger ones are refused (0xA900).
+max_query_size = {d.max_query_size}
+# Seconds of silence before an established association is dropped.
 network_timeout = {d.network_timeout}
+# Seconds a new connection has to complete TLS and send its association request.
 acse_timeout = {d.acse_timeout}
+# Seconds to wait for a receiver's answer to a C-GET/C-MOVE sub-operation.
 dimse_timeout = {d.dimse_timeout}
 # A SOP Instance UID that is already stored, sent again with different content:
 #   "keep-first" keeps the stored copy and answers with warning 0xB006,
@@ -235,6 +259,9 @@ index_url = ""
 blob_dir = "blobs"
 # fsync every object and directory before answering success. Turn off only for tests.
 fsync = true
+# Largest object accepted (bytes, after inflating a deflated one). A bigger C-STORE
+# is refused with 0xA700 and nothing of it is kept.
+max_object_size = 4294967296
 
 [audit]
 # A signed checkpoint (Ed25519, key in secrets/) every this many audit records.

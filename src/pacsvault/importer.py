@@ -7,17 +7,16 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import TextIO
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from pacsvault.dicom.part10 import NotDicom, parse_dataset, split_part10
+from pacsvault.dicom.part10 import NotDicom, read_index_dataset, split_part10
 from pacsvault.security.audit import Action, Outcome
 from pacsvault.security.identity import Actor
 from pacsvault.storage.archive import Archive, StoreStatus
-
-MAX_FILE_SIZE = 4 * 1024**3
 
 
 @dataclass
@@ -62,25 +61,30 @@ class DamagedDicom(NotDicom):
     """A file that says it is DICOM (it has the ``DICM`` marker) but cannot be read."""
 
 
-def dataset_of(data: bytes) -> tuple[str, bytes]:
-    """(transfer syntax, dataset bytes) of a Part-10 file or a bare dataset.
+HEAD_SIZE = 1024 * 1024
 
-    A bare dataset (no preamble) is tried as implicit, then explicit VR little endian.
-    Raises :class:`NotDicom` when neither reads as a dataset with a SOP Instance UID.
+
+def locate_dataset(head: bytes) -> tuple[str, int]:
+    """(transfer syntax, offset of the dataset) of a file, from its first bytes.
+
+    A Part-10 file gives both from its file meta information. A bare dataset (no
+    preamble) is tried as implicit, then explicit VR little endian, and counts as
+    DICOM when its first elements read and include a SOP Instance UID. Raises
+    :class:`DamagedDicom` for a file with the ``DICM`` marker that cannot be read,
+    and :class:`NotDicom` for anything else.
     """
     try:
-        ts, offset = split_part10(data)
-        return ts, data[offset:]
+        return split_part10(head)
     except NotDicom as exc:
-        if data[128:132] == b"DICM":
+        if head[128:132] == b"DICM":
             raise DamagedDicom(str(exc)) from None
     for ts in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
         try:
-            ds = parse_dataset(data, ts)
-        except NotDicom:
+            ds = read_index_dataset(BytesIO(head), ts)
+            if "SOPInstanceUID" in ds and ds.get("SOPInstanceUID"):
+                return str(ts), 0
+        except Exception:
             continue
-        if "SOPInstanceUID" in ds:
-            return str(ts), data
     raise NotDicom("not a DICOM file")
 
 
@@ -112,24 +116,29 @@ def import_paths(archive: Archive, actor: Actor, paths: list[Path]) -> ImportSum
     progress = Progress(len(files))
     for path in files:
         progress.step()
+        incoming = None
         try:
-            if path.stat().st_size > MAX_FILE_SIZE:
-                summary.refused["file too large"] += 1
-                continue
-            data = path.read_bytes()
-        except OSError as exc:
-            summary.refused[f"unreadable file ({exc.strerror})"] += 1
-            continue
-        try:
-            ts, dataset = dataset_of(data)
+            with open(path, "rb") as f:
+                ts, offset = locate_dataset(f.read(HEAD_SIZE))
+                f.seek(offset)
+                incoming = archive.receive(actor, ts)
+                while chunk := f.read(1 << 20):
+                    incoming.write(chunk)
         except DamagedDicom as exc:
             summary.refused[f"invalid: {exc}"] += 1
-            archive.audit.record(Action.IMPORT, Outcome.REFUSED, actor, detail=f"invalid: {exc}")
+            archive.audit.record(
+                Action.IMPORT, Outcome.REFUSED, actor, detail=f"invalid: {exc}", best_effort=True
+            )
             continue
         except NotDicom:
             summary.skipped += 1
             continue
-        result = archive.store(actor, dataset, ts, action=Action.IMPORT)
+        except OSError as exc:
+            if incoming is not None:
+                incoming.discard()
+            summary.refused[f"unreadable file ({exc.strerror})"] += 1
+            continue
+        result = archive.store_incoming(actor, incoming, ts, action=Action.IMPORT)
         if result.status in (StoreStatus.STORED, StoreStatus.REPLACED):
             summary.stored += 1
         elif result.status in (

@@ -114,6 +114,7 @@ def open_site(data_dir: Path, settings: Settings | None = None) -> Site:
         pseudonyms=pseudonymizer(data_dir),
         audit_signer=load_signer(data_dir),
         checkpoint_every=settings.audit.checkpoint_every,
+        max_object_size=settings.storage.max_object_size,
     )
     return Site(data_dir, settings, index, blobs, archive, PeerRegistry(index))
 

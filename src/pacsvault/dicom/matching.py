@@ -11,11 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pacsvault.dicom.attributes import IndexAttribute, Kind, normalize_number, normalize_time
-from pacsvault.dicom.uids import is_valid_uid
+from pacsvault.dicom.uids import is_safe_uid
 
 
 class InvalidQuery(ValueError):
     """A query key whose value cannot be matched (malformed range, bad UID...)."""
+
+
+#: Bounds on what one query key may hold: a list of UIDs (PS3.4 C.2.2.2.2) and the
+#: text of any other value (the longest VR a key has, UC/LT, is far below this).
+MAX_LIST_VALUES = 1000
+MAX_VALUE_LENGTH = 1024
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,10 @@ def parse_condition(attr: IndexAttribute, raw: str | None) -> Condition | None:
     """
     if raw is None:
         return None
+    if attr.kind is not Kind.UID and len(raw) > MAX_VALUE_LENGTH:
+        raise InvalidQuery(f"{attr.keyword} is longer than {MAX_VALUE_LENGTH} characters")
+    if attr.kind is Kind.UID and len(raw) > MAX_LIST_VALUES * 65:
+        raise InvalidQuery(f"{attr.keyword} lists more than {MAX_LIST_VALUES} UIDs")
     value = _strip(str(raw), attr.kind)
     if value == "" or value == "*":
         return None
@@ -104,11 +114,15 @@ def parse_condition(attr: IndexAttribute, raw: str | None) -> Condition | None:
         return None  # counts are return keys only
     if kind is Kind.UID:
         uids = tuple(v.strip() for v in value.split("\\") if v.strip())
-        if not all(is_valid_uid(u) for u in uids):
+        if len(uids) > MAX_LIST_VALUES:
+            raise InvalidQuery(f"{attr.keyword} lists more than {MAX_LIST_VALUES} UIDs")
+        if not all(is_safe_uid(u) for u in uids):
             raise InvalidQuery(f"{attr.keyword} holds an invalid UID")
         return Exact(uids[0]) if len(uids) == 1 else AnyOf(uids)
     if kind is Kind.CODES:
         codes = tuple(v.strip() for v in value.split("\\") if v.strip())
+        if len(codes) > MAX_LIST_VALUES:
+            raise InvalidQuery(f"{attr.keyword} lists more than {MAX_LIST_VALUES} values")
         return AnyOf(codes)
     if kind is Kind.DATE:
         if "-" in value:

@@ -36,16 +36,28 @@ class Query:
     conditions: list[tuple[IndexAttribute, Condition]] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)  # keywords of every key sent
     unsupported: bool = False  # some requested key is not in the index
+    identifier: Dataset | None = None  # the identifier the query was parsed from
 
 
-def _raw_text(elem: DataElement) -> str | None:
+_BINARY_VRS = frozenset(("US", "UL", "SS", "SL", "FL", "FD", "AT", "OB", "OW", "SQ"))
+
+
+def _raw_text(elem: DataElement, attr: IndexAttribute) -> str | None:
+    """The text of a matching key's value; None for universal matching.
+
+    A value that arrives as bytes (VR UN: an explicit VR sender must use UN for a
+    value longer than 64 KiB) is read as text when the attribute is a text one.
+    Anything else that cannot be read is refused, never taken as universal matching.
+    """
     value = elem.value
     if value is None or value == "":
         return None
     if isinstance(value, MultiValue | list | tuple):
         return "\\".join(str(v) for v in value)
-    if isinstance(value, bytes):
-        return None  # undecodable or binary: cannot be a matching key
+    if isinstance(value, bytes | bytearray):
+        if attr.vr in _BINARY_VRS:
+            raise InvalidQuery(f"{attr.keyword} has a value that cannot be read")
+        return value.decode("latin-1").rstrip("\x00 ") or None
     return str(value)
 
 
@@ -74,7 +86,7 @@ def parse_identifier(identifier: Dataset, model: str) -> Query:
             continue
         if elem.VR == "SQ":
             continue
-        cond = parse_condition(attr, _raw_text(elem))
+        cond = parse_condition(attr, _raw_text(elem, attr))
         if cond is not None:
             query.conditions.append((attr, cond))
     return query

@@ -1,199 +1,337 @@
-"""DIMSE service handlers: each one asks the policy, then calls the Archive with the peer as actor.
+"""DIMSE services: each one asks the policy, then calls the Archive with the caller as actor.
 
-Bound to pynetdicom events (EVT_C_ECHO, EVT_C_STORE, EVT_C_FIND, EVT_C_GET,
-EVT_C_MOVE). C-FIND, C-GET and C-MOVE are generators, so results stream one
-response at a time and a C-CANCEL stops them between two responses.
+One :class:`DimseServices` serves every association of a listener. Handlers run
+in the association's own thread and answer through its channel: C-FIND, C-GET and
+C-MOVE stream their responses one at a time and look for a C-CANCEL between two.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
-from pynetdicom import evt
-from pynetdicom.events import Event
 
 from pacsvault.dicom.matching import InvalidQuery
 from pacsvault.dicom.query import PATIENT_ROOT, STUDY_ROOT, Query, find_response, parse_identifier
+from pacsvault.dimse import messages as m
 from pacsvault.dimse import status as st
-from pacsvault.dimse.negotiation import peer_of, user_of
-from pacsvault.dimse.outbound import OutboundInstance, move_contexts
-from pacsvault.security.audit import Action
-from pacsvault.security.identity import Actor
+from pacsvault.dimse.channel import BoundedBuffer, Discard, Message, Sink
+from pacsvault.dimse.negotiation import Context
+from pacsvault.dimse.outbound import Retrieval, move_contexts
+from pacsvault.security.audit import Action, AuditUnavailable
 from pacsvault.security.peers import Service
 from pacsvault.security.policy import AccessPolicy
-from pacsvault.storage.archive import Archive
+from pacsvault.storage.archive import Archive, Incoming
+from pacsvault.storage.index import StoredInstance
+
+if TYPE_CHECKING:
+    from pacsvault.dimse.association import AcceptorAssociation
 
 log = logging.getLogger("pacsvault.dimse")
 
 _STUDY_ROOT_PREFIX = "1.2.840.10008.5.1.4.1.2.2."
+#: Largest query/retrieve identifier accepted; bigger ones are refused, not parsed.
+MAX_IDENTIFIER_SIZE = 1024 * 1024
 
 
-def _model(event: Event) -> str:
-    uid = str(event.request.AffectedSOPClassUID)
-    return STUDY_ROOT if uid.startswith(_STUDY_ROOT_PREFIX) else PATIENT_ROOT
-
-
-def _actor(event: Event) -> Actor:
-    """The acting identity: the verified user when there is one, else the peer."""
-    address = event.assoc.requestor.address
-    calling = str(event.assoc.requestor.ae_title).strip()
-    user = user_of(event.assoc)
-    if user is not None:
-        return Actor("user", user.name, address, calling)
-    peer = peer_of(event.assoc)
-    return Actor("peer", peer.name if peer else "unknown", address, calling)
+def _model(context: Context) -> str:
+    return STUDY_ROOT if context.abstract_syntax.startswith(_STUDY_ROOT_PREFIX) else PATIENT_ROOT
 
 
 class DimseServices:
     """The handlers of one DICOM listener, over one Archive and one AccessPolicy."""
 
     def __init__(
-        self, archive: Archive, policy: AccessPolicy, ae_title: str, max_find: int
+        self,
+        archive: Archive,
+        policy: AccessPolicy,
+        ae_title: str,
+        max_find: int,
+        *,
+        max_identifier: int = MAX_IDENTIFIER_SIZE,
+        dimse_timeout: float = 60.0,
     ) -> None:
         self.archive = archive
         self.policy = policy
         self.ae_title = ae_title
         self.max_find = max_find
+        self.max_identifier = max_identifier
+        self.dimse_timeout = dimse_timeout
 
-    def handlers(self) -> list[tuple[Any, Any]]:
-        return [
-            (evt.EVT_C_ECHO, self.echo),
-            (evt.EVT_C_STORE, self.store),
-            (evt.EVT_C_FIND, self.find),
-            (evt.EVT_C_GET, self.get),
-            (evt.EVT_C_MOVE, self.move),
-        ]
+    # -- incoming datasets -----------------------------------------------------------------
 
-    def _granted(self, event: Event, service: Service, action: Action) -> bool:
-        if self.policy.allows(peer_of(event.assoc), service):
-            return True
-        self.policy.refuse(_actor(event), action, f"{service.value} not granted to this peer")
-        return False
+    def sink_for(self, assoc: AcceptorAssociation, context: Context, command: m.Command) -> Sink:
+        """Where the dataset announced by *command* goes while it arrives."""
+        field = command.command_field
+        if field == m.C_STORE_RQ and self._may_store(assoc, context):
+            return self.archive.receive(
+                assoc.actor,
+                context.transfer_syntax,
+                sop_class=command.get_text(m.AFFECTED_SOP_CLASS),
+                sop_instance=command.get_text(m.AFFECTED_SOP_INSTANCE),
+            )
+        if field in (m.C_FIND_RQ, m.C_GET_RQ, m.C_MOVE_RQ):
+            return BoundedBuffer(self.max_identifier)
+        return Discard()
 
-    def echo(self, event: Event) -> int:
-        if not self._granted(event, Service.ECHO, Action.ECHO):
-            return st.REFUSED_NOT_AUTHORIZED
-        return st.SUCCESS
+    def _may_store(self, assoc: AcceptorAssociation, context: Context) -> bool:
+        return context.requestor_scu and assoc.peer_has(Service.STORE)
 
-    def store(self, event: Event) -> Dataset:
-        if not self._granted(event, Service.STORE, Action.STORE):
-            return st.status(st.REFUSED_NOT_AUTHORIZED, "store not granted")
-        req = event.request
+    def dispatch(self, assoc: AcceptorAssociation, msg: Message) -> None:
+        """Answer one request message (requests of unknown kinds get 0x0211)."""
+        handler = {
+            m.C_ECHO_RQ: self.echo,
+            m.C_STORE_RQ: self.store,
+            m.C_FIND_RQ: self.find,
+            m.C_GET_RQ: self.get,
+            m.C_MOVE_RQ: self.move,
+        }.get(msg.command.command_field)
+        if handler is None:
+            if msg.command.command_field == m.C_CANCEL_RQ:
+                return  # a cancel for a request already answered
+            if isinstance(msg.dataset, Incoming):
+                msg.dataset.discard()
+            assoc.reply(msg, msg.command.command_field | m.RESPONSE_BIT,
+                        st.UNRECOGNIZED_OPERATION)  # fmt: skip
+            return
+        handler(assoc, msg)
+
+    def _refuse(self, assoc: AcceptorAssociation, action: Action, why: str) -> None:
+        self.policy.refuse(assoc.actor, action, why)
+
+    # -- services --------------------------------------------------------------------------
+
+    def echo(self, assoc: AcceptorAssociation, msg: Message) -> None:
+        if not assoc.peer_has(Service.ECHO):
+            self._refuse(assoc, Action.ECHO, "echo not granted to this peer")
+            assoc.reply(msg, m.C_ECHO_RQ | m.RESPONSE_BIT, st.REFUSED_NOT_AUTHORIZED)
+            return
+        assoc.reply(msg, m.C_ECHO_RQ | m.RESPONSE_BIT, st.SUCCESS)
+
+    def store(self, assoc: AcceptorAssociation, msg: Message) -> None:
+        rsp = m.C_STORE_RQ | m.RESPONSE_BIT
+        instance = msg.command.get_text(m.AFFECTED_SOP_INSTANCE)
+        extra = {"affected_instance": instance} if instance else {}
+        incoming = msg.dataset
+        if not isinstance(incoming, Incoming):
+            self._refuse(assoc, Action.STORE, "store not granted to this peer")
+            assoc.reply(msg, rsp, st.REFUSED_NOT_AUTHORIZED, "store not granted", **extra)
+            return
         try:
-            data = req.DataSet.getvalue()
-            ts = str(event.context.transfer_syntax)  # a (id, abstract, transfer) tuple
-            result = self.archive.store(
-                _actor(event),
-                data,
-                ts,
-                expected_sop_class=str(req.AffectedSOPClassUID),
-                expected_sop_instance=str(req.AffectedSOPInstanceUID),
+            result = self.archive.store_incoming(
+                assoc.actor,
+                incoming,
+                msg.context.transfer_syntax,
+                expected_sop_class=msg.command.get_text(m.AFFECTED_SOP_CLASS),
+                expected_sop_instance=instance,
             )
         except Exception as exc:  # never let a bug become an abort without a status
             log.exception("store failed: %s", type(exc).__name__)
-            return st.status(st.OUT_OF_RESOURCES, "internal error")
+            incoming.discard()
+            assoc.reply(msg, rsp, st.OUT_OF_RESOURCES, "internal error", **extra)
+            return
         if not result.status.ok:
             log.warning("store refused: %s", result.status.value)
-        return st.store_status(result)
+        code, comment = st.store_status(result)
+        assoc.reply(msg, rsp, code, comment, **extra)
 
-    def find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
-        if not self._granted(event, Service.FIND, Action.QUERY):
-            yield st.status(st.REFUSED_NOT_AUTHORIZED, "find not granted"), None
+    def _identifier(self, assoc: AcceptorAssociation, msg: Message, action: Action) -> Query | str:
+        """The parsed identifier of a query/retrieve request, or why it is refused."""
+        buf = msg.dataset
+        if not isinstance(buf, BoundedBuffer):
+            return "request without an identifier"
+        if buf.overflow:
+            why = f"identifier larger than {self.max_identifier} bytes"
+        else:
+            try:
+                identifier = m.decode_dataset(buf.getvalue(), msg.context.transfer_syntax)
+                query = parse_identifier(identifier, _model(msg.context))
+                query.identifier = identifier
+                return query
+            except InvalidQuery as exc:
+                why = str(exc)
+            except Exception as exc:
+                why = f"unreadable identifier ({type(exc).__name__})"
+        self._refuse(assoc, action, why)
+        return why
+
+    def find(self, assoc: AcceptorAssociation, msg: Message) -> None:
+        rsp = m.C_FIND_RQ | m.RESPONSE_BIT
+        if not assoc.peer_has(Service.FIND):
+            self._refuse(assoc, Action.QUERY, "find not granted to this peer")
+            assoc.reply(msg, rsp, st.REFUSED_NOT_AUTHORIZED, "find not granted")
             return
-        identifier = event.identifier
-        model = _model(event)
-        try:
-            query = parse_identifier(identifier, model)
-        except InvalidQuery as exc:
-            self.policy.refuse(_actor(event), Action.QUERY, str(exc))
-            yield st.status(st.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
+        query = self._identifier(assoc, msg, Action.QUERY)
+        if isinstance(query, str):
+            assoc.reply(msg, rsp, st.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, query)
             return
         pending = st.PENDING_OPTIONAL_KEYS_UNSUPPORTED if query.unsupported else st.PENDING
-        rows = self.archive.find(
-            _actor(event),
-            query.level,
-            query.conditions,
-            keys=query.keys,
-            limit=self.max_find + 1 if self.max_find else None,
-        )
+        model = _model(msg.context)
+        ts = msg.context.transfer_syntax
+        try:
+            rows = self.archive.find(
+                assoc.actor,
+                query.level,
+                query.conditions,
+                keys=query.keys,
+                limit=self.max_find + 1 if self.max_find else None,
+            )
+        except AuditUnavailable:
+            assoc.reply(msg, rsp, st.OUT_OF_RESOURCES, "audit trail unavailable")
+            return
+        except Exception as exc:
+            log.error("query failed: %s", type(exc).__name__)
+            assoc.reply(msg, rsp, st.OUT_OF_RESOURCES, "query could not be run")
+            return
         sent = 0
         try:
             for row in rows:
-                if event.is_cancelled:
-                    yield st.CANCEL, None
+                if assoc.cancel_requested(msg.command.message_id):
+                    assoc.reply(msg, rsp, st.CANCEL)
                     return
                 if self.max_find and sent >= self.max_find:
-                    yield st.status(st.OUT_OF_RESOURCES, "too many matches: narrow the query"), None
+                    assoc.reply(msg, rsp, st.OUT_OF_RESOURCES,
+                                "too many matches: narrow the query")  # fmt: skip
                     return
-                yield pending, find_response(identifier, query, row, self.ae_title, model)
+                ds = find_response(query.identifier, query, row, self.ae_title, model)
+                assoc.reply(msg, rsp, pending, dataset=m.encode_dataset(ds, ts))
                 sent += 1
+        except Exception as exc:
+            if not _is_connection_error(exc):
+                log.error("query failed while streaming: %s", type(exc).__name__)
+                assoc.reply(msg, rsp, st.OUT_OF_RESOURCES, "query failed")
+                return
+            raise
         finally:
             close = getattr(rows, "close", None)
             if close:
                 close()
-        yield st.SUCCESS, None
+        assoc.reply(msg, rsp, st.SUCCESS)
 
-    def _retrieve_query(self, event: Event, action: Action) -> Query | None:
-        try:
-            return parse_identifier(event.identifier, _model(event))
-        except InvalidQuery as exc:
-            self.policy.refuse(_actor(event), action, str(exc))
-            return None
-
-    def _outbound(self, instances: list[Any]) -> Iterator[tuple[int, Dataset]]:
+    def get(self, assoc: AcceptorAssociation, msg: Message) -> None:
+        rsp = m.C_GET_RQ | m.RESPONSE_BIT
+        if not assoc.peer_has(Service.GET):
+            self._refuse(assoc, Action.RETRIEVE, "get not granted to this peer")
+            assoc.reply(msg, rsp, st.REFUSED_NOT_AUTHORIZED, "get not granted")
+            return
+        query = self._identifier(assoc, msg, Action.RETRIEVE)
+        if isinstance(query, str):
+            assoc.reply(msg, rsp, st.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, query)
+            return
+        instances = self._locate(assoc, msg, rsp, query)
+        if instances is None:
+            return
+        retrieval = Retrieval(self.archive, instances)
         for inst in instances:
-            path = self.archive.blobs.local_path(inst.blob_key)
-            yield st.PENDING, OutboundInstance(inst, path)  # type: ignore[arg-type]
+            if assoc.cancel_requested(msg.command.message_id):
+                break
+            status = assoc.send_store(inst, retrieval)
+            retrieval.count(inst, status)
+            if retrieval.remaining:
+                assoc.reply(msg, rsp, st.PENDING, **retrieval.counts())
+            if assoc.cancelled:
+                break
+        self._finish(assoc, msg, rsp, retrieval, cancelled=assoc.cancelled)
 
-    def get(self, event: Event) -> Iterator[Any]:
-        # The first value yielded is the number of sub-operations; a refusal is one
-        # failed sub-operation reported with its status.
-        if not self._granted(event, Service.GET, Action.RETRIEVE):
-            yield 1
-            yield st.status(st.REFUSED_NOT_AUTHORIZED, "get not granted"), None
-            return
-        query = self._retrieve_query(event, Action.RETRIEVE)
-        if query is None:
-            yield 1
-            yield st.status(st.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "invalid identifier"), None
-            return
-        instances = self.archive.locate(_actor(event), query.level, query.conditions)
-        yield len(instances)
-        for item in self._outbound(instances):
-            if event.is_cancelled:
-                yield st.CANCEL, None
-                return
-            yield item
-
-    def move(self, event: Event) -> Iterator[Any]:
-        peer = peer_of(event.assoc)
-        destination_aet = str(event.move_destination).strip()
-        if not self._granted(event, Service.MOVE, Action.RETRIEVE):
-            yield None, None
-            return
-        dest = self.policy.move_destination(peer, destination_aet)  # type: ignore[arg-type]
-        if dest is None:
-            self.policy.refuse(
-                _actor(event), Action.RETRIEVE, "move destination is not a registered peer"
+    def _locate(
+        self,
+        assoc: AcceptorAssociation,
+        msg: Message,
+        rsp: int,
+        query: Query,
+        destination: str | None = None,
+    ) -> list[StoredInstance] | None:
+        """The instances to retrieve, or None after answering why the retrieve cannot start."""
+        try:
+            return self.archive.locate(
+                assoc.actor, query.level, query.conditions, destination=destination
             )
-            yield None, None
+        except AuditUnavailable:
+            assoc.reply(msg, rsp, st.OUT_OF_RESOURCES, "audit trail unavailable")
+        except Exception as exc:
+            log.error("retrieve lookup failed: %s", type(exc).__name__)
+            assoc.reply(msg, rsp, st.OUT_OF_RESOURCES, "retrieve could not be run")
+        return None
+
+    def _finish(
+        self,
+        assoc: AcceptorAssociation,
+        msg: Message,
+        rsp: int,
+        retrieval: Retrieval,
+        *,
+        cancelled: bool,
+        destination: str | None = None,
+    ) -> None:
+        self.archive.retrieved(assoc.actor, retrieval.outcome(), destination=destination)
+        code = st.CANCEL if cancelled else retrieval.final_status()
+        failed = retrieval.failed_list()
+        dataset = None
+        if failed and code != st.SUCCESS:
+            ds = Dataset()
+            ds.FailedSOPInstanceUIDList = failed
+            dataset = m.encode_dataset(ds, msg.context.transfer_syntax)
+        assoc.reply(msg, rsp, code, dataset=dataset, **retrieval.counts(final=True))
+
+    def move(self, assoc: AcceptorAssociation, msg: Message) -> None:
+        rsp = m.C_MOVE_RQ | m.RESPONSE_BIT
+        if not assoc.peer_has(Service.MOVE):
+            self._refuse(assoc, Action.RETRIEVE, "move not granted to this peer")
+            assoc.reply(msg, rsp, st.REFUSED_NOT_AUTHORIZED, "move not granted")
             return
-        query = self._retrieve_query(event, Action.RETRIEVE)
-        if query is None:
-            yield dest.host, dest.port
-            yield 1
-            yield st.status(st.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "invalid identifier"), None
+        destination_aet = msg.command.get_text(m.MOVE_DESTINATION).strip()
+        dest = self.policy.move_destination(assoc.peer, destination_aet)
+        if dest is None:
+            self._refuse(assoc, Action.RETRIEVE, "move destination is not a registered peer")
+            assoc.reply(msg, rsp, st.MOVE_DESTINATION_UNKNOWN, "unknown move destination")
             return
-        instances = self.archive.locate(
-            _actor(event), query.level, query.conditions, destination=dest.name
-        )
-        yield dest.host, dest.port, {"contexts": move_contexts(instances) or None}
-        yield len(instances)
-        for item in self._outbound(instances):
-            if event.is_cancelled:
-                yield st.CANCEL, None
-                return
-            yield item
+        query = self._identifier(assoc, msg, Action.RETRIEVE)
+        if isinstance(query, str):
+            assoc.reply(msg, rsp, st.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, query)
+            return
+        instances = self._locate(assoc, msg, rsp, query, destination=dest.name)
+        if instances is None:
+            return
+        retrieval = Retrieval(self.archive, instances)
+        if not instances:
+            self._finish(assoc, msg, rsp, retrieval, cancelled=False, destination=dest.name)
+            return
+        from pacsvault.dimse.requestor import RequestorError, associate
+
+        try:
+            out = associate(
+                dest.host,
+                dest.port,  # type: ignore[arg-type]
+                calling_aet=self.ae_title,
+                called_aet=dest.ae_title,
+                contexts=move_contexts(instances),
+                timeout=self.dimse_timeout,
+            )
+        except RequestorError as exc:
+            log.warning("C-MOVE destination %s unreachable: %s", dest.name, exc)
+            retrieval.fail_all()
+            self._finish(assoc, msg, rsp, retrieval, cancelled=False, destination=dest.name)
+            return
+        cancelled = False
+        try:
+            for inst in instances:
+                if assoc.cancel_requested(msg.command.message_id):
+                    cancelled = True
+                    break
+                status = out.send_store(
+                    inst, retrieval, originator=(assoc.calling_aet, msg.command.message_id)
+                )
+                retrieval.count(inst, status)
+                if retrieval.remaining:
+                    assoc.reply(msg, rsp, st.PENDING, **retrieval.counts())
+        finally:
+            out.release()
+        self._finish(assoc, msg, rsp, retrieval, cancelled=cancelled, destination=dest.name)
+
+
+def _is_connection_error(exc: Exception) -> bool:
+    from pacsvault.dimse.channel import Aborted, Released
+    from pacsvault.dimse.wire import WireError
+
+    return isinstance(exc, WireError | Aborted | Released)

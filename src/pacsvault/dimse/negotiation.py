@@ -1,44 +1,39 @@
-"""Association acceptance: the AccessPolicy decides, then contexts are offered per peer.
+"""Association negotiation (PS3.7 annex D, PS3.8 9.3.2-9.3.3): what a peer is offered.
 
-pynetdicom's own acceptor checks (one list of calling AE titles, one called AE
-title) cannot express "this AE title, from this address, for these services".
-:class:`PolicyACSE` replaces the acceptor negotiation: it asks the AccessPolicy,
-rejects with the A-ASSOCIATE-RJ reason the policy gives, and otherwise offers a
-peer only the presentation contexts of the services it was granted. Storage is
-open to every SOP class, including private ones and those newer than the
-dictionaries, so a registered modality is never refused for being unfamiliar.
+The AccessPolicy decides *whether* a peer may associate; this module decides *what*
+it gets: the presentation contexts of the services it was granted, and the SCU/SCP
+roles on storage contexts. A peer granted ``get`` may receive C-GET sub-operations
+(the requestor acts as storage SCP through role selection), but only a peer granted
+``store`` may send us C-STORE requests. Storage is open to every SOP class, including
+private ones and those newer than the dictionaries, so a registered modality is never
+refused for being unfamiliar.
+
+A-ASSOCIATE PDUs are decoded and encoded with pynetdicom's PDU classes (public API);
+nothing of pynetdicom's association machinery is used or overridden.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import socket
-import ssl
-from typing import TYPE_CHECKING, cast
+from dataclasses import dataclass
 
 from pydicom.uid import UID, AllTransferSyntaxes
-from pynetdicom import _config, evt, sop_class
-from pynetdicom.acse import ACSE
-from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+from pynetdicom import sop_class
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+    UserIdentityNegotiation,
+)
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import _QR_CLASSES, _STORAGE_CLASSES, _VERIFICATION_CLASSES
-from pynetdicom.transport import RequestHandler
 
+from pacsvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacsvault.security.peers import Peer, Service
-from pacsvault.security.policy import IdentityClaim
-from pacsvault.security.tls import TlsInfo
-from pacsvault.security.users import User
 
-if TYPE_CHECKING:
-    from pynetdicom.association import Association
-
-    from pacsvault.security.policy import AccessPolicy
-
-log = logging.getLogger("pacsvault.dimse")
-
-# Dispatch every C-STORE to the storage service, whatever its SOP class. Acceptance
-# is decided by PolicyACSE below, never by pynetdicom's unrestricted negotiation.
-_config.UNRESTRICTED_STORAGE_SERVICE = True
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 
 QUERY_MODELS = {
     "1.2.840.10008.5.1.4.1.2.1.1": Service.FIND,  # Patient Root FIND
@@ -55,8 +50,15 @@ UNCOMPRESSED = (
     "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
 )
 STORAGE_TRANSFER_SYNTAXES = frozenset(str(ts) for ts in AllTransferSyntaxes)
-_STORAGE_UIDS = frozenset(_STORAGE_CLASSES.values())
-_NON_STORAGE = frozenset(_QR_CLASSES.values()) | frozenset(_VERIFICATION_CLASSES.values())
+_STORAGE_UIDS = frozenset(str(u) for u in _STORAGE_CLASSES.values())
+_VERIFICATION_UIDS = frozenset(str(u) for u in _VERIFICATION_CLASSES.values())
+_NON_STORAGE = frozenset(str(u) for u in _QR_CLASSES.values()) | _VERIFICATION_UIDS
+
+# Presentation context results (PS3.8 9.3.3.2)
+ACCEPTED = 0
+USER_REJECTION = 1
+ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
+TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
 
 
 def service_of(abstract_syntax: str) -> Service | None:
@@ -65,175 +67,193 @@ def service_of(abstract_syntax: str) -> Service | None:
     Anything that is not a known non-storage SOP class (private, unknown, or a known
     storage class) counts as storage.
     """
-    if abstract_syntax in _VERIFICATION_CLASSES.values():
+    if abstract_syntax in _VERIFICATION_UIDS:
         return Service.ECHO
     if abstract_syntax in QUERY_MODELS:
         return QUERY_MODELS[abstract_syntax]
+    if abstract_syntax in _NON_STORAGE:
+        return None
     uid = UID(abstract_syntax)
-    if uid in _STORAGE_UIDS or uid.is_private or not hasattr(sop_class, uid.keyword or "-"):
-        return Service.STORE if uid not in _NON_STORAGE else None
+    if (
+        abstract_syntax in _STORAGE_UIDS
+        or uid.is_private
+        or not hasattr(sop_class, uid.keyword or "-")
+    ):
+        return Service.STORE
     return None
 
 
-def contexts_for(peer: Peer, requested: list[PresentationContext]) -> list[PresentationContext]:
-    """Acceptor contexts for exactly the requested abstract syntaxes *peer* may use.
+@dataclass(frozen=True)
+class Context:
+    """An accepted presentation context.
 
-    Transfer syntaxes keep the requestor's order of preference; query/retrieve and
-    verification take the uncompressed ones only.
+    ``requestor_scu``: the peer may send requests on it (C-STORE to us, C-FIND...).
+    ``requestor_scp``: the peer accepts C-STORE sub-operations from us (C-GET).
     """
-    out: dict[str, PresentationContext] = {}
-    for rq in requested:
-        ab = str(rq.abstract_syntax)
+
+    id: int
+    abstract_syntax: str
+    transfer_syntax: str
+    service: Service
+    requestor_scu: bool = True
+    requestor_scp: bool = False
+
+
+@dataclass(frozen=True)
+class ProposedContext:
+    id: int
+    abstract_syntax: str
+    transfer_syntaxes: tuple[str, ...]
+
+
+@dataclass
+class Negotiated:
+    """Results for every proposed context, the accepted ones, and role replies."""
+
+    results: list[tuple[int, int, str]]  # (context id, result, transfer syntax)
+    accepted: dict[int, Context]
+    roles: list[tuple[str, bool, bool]]  # (SOP class, SCU role, SCP role) replies
+
+
+def negotiate(
+    peer: Peer,
+    proposed: list[ProposedContext],
+    roles: dict[str, tuple[bool, bool]],
+) -> Negotiated:
+    """Decide every proposed context for *peer* (roles: the requestor's role proposals)."""
+    out = Negotiated([], {}, [])
+    replied: set[str] = set()
+    for cx in proposed:
+        ab = cx.abstract_syntax
         service = service_of(ab)
-        if service is None or service not in peer.services or ab in out:
+        first_ts = cx.transfer_syntaxes[0] if cx.transfer_syntaxes else ""
+        if service is None or not _granted(peer, service):
+            out.results.append((cx.id, ABSTRACT_SYNTAX_NOT_SUPPORTED, first_ts))
             continue
+        scu, scp = True, False
+        if service is Service.STORE:
+            proposed_scu, proposed_scp = roles.get(ab, (True, False))
+            scu = proposed_scu and Service.STORE in peer.services
+            scp = proposed_scp and Service.GET in peer.services
+            if not (scu or scp):
+                out.results.append((cx.id, ABSTRACT_SYNTAX_NOT_SUPPORTED, first_ts))
+                continue
         allowed = STORAGE_TRANSFER_SYNTAXES if service is Service.STORE else UNCOMPRESSED
-        proposed = [
-            str(ts) for r in requested if r.abstract_syntax == ab for ts in r.transfer_syntax
-        ]
-        syntaxes = [ts for ts in dict.fromkeys(proposed) if ts in allowed]
-        if not syntaxes:
+        ts = next((t for t in cx.transfer_syntaxes if t in allowed), None)
+        if ts is None:
+            out.results.append((cx.id, TRANSFER_SYNTAXES_NOT_SUPPORTED, first_ts))
             continue
-        cx = PresentationContext()
-        cx.abstract_syntax = ab
-        cx.transfer_syntax = syntaxes
-        if service is Service.STORE and Service.GET in peer.services:
-            cx.scu_role, cx.scp_role = True, True  # C-GET: we act as storage SCU
-        out[ab] = cx
-    return list(out.values())
+        out.results.append((cx.id, ACCEPTED, ts))
+        out.accepted[cx.id] = Context(cx.id, ab, ts, service, scu, scp)
+        if ab in roles and ab not in replied:
+            replied.add(ab)
+            out.roles.append((ab, scu, scp))
+    return out
 
 
-def tls_of(assoc: Association) -> TlsInfo | None:
-    """What TLS established for this association's connection (None: cleartext)."""
-    return cast(TlsInfo | None, getattr(assoc, "pacsvault_tls", None))
+def _granted(peer: Peer, service: Service) -> bool:
+    if service is Service.STORE:
+        return bool({Service.STORE, Service.GET} & set(peer.services))
+    return service in peer.services
 
 
-def user_of(assoc: Association) -> User | None:
-    """The user a verified identity negotiation named, if any."""
-    return cast(User | None, getattr(assoc, "pacsvault_user", None))
+@dataclass
+class AssociateRequest:
+    """The parts of an A-ASSOCIATE-RQ that pacsvault uses."""
+
+    calling_ae: str
+    called_ae: str
+    application_context: str
+    contexts: list[ProposedContext]
+    roles: dict[str, tuple[bool, bool]]
+    max_length: int  # the requestor's maximum PDU length (0: unlimited)
+    identity: UserIdentityNegotiation | None
 
 
-def peer_of(assoc: Association) -> Peer | None:
-    """The registered peer an accepted association belongs to."""
-    return cast(Peer | None, getattr(assoc, "pacsvault_peer", None))
+class MalformedRequest(ValueError):
+    """An A-ASSOCIATE-RQ body that cannot be decoded."""
 
 
-class PolicyACSE(ACSE):
-    """ACSE whose acceptor negotiation is decided by the AccessPolicy."""
-
-    policy: AccessPolicy
-
-    def _negotiate_as_acceptor(self) -> None:
-        rq = self.requestor.primitive
-        assert rq is not None
-        self.requestor.ae_title = rq.calling_ae_title
-        item = self.requestor.user_identity
-        claim = (
-            IdentityClaim(item.user_identity_type, item.primary_field, item.secondary_field)
-            if item is not None and item.user_identity_type is not None
-            else None
-        )
-        decision = self.policy.check_association(
-            str(rq.called_ae_title),
-            str(rq.calling_ae_title),
-            self.requestor.address,
-            tls=tls_of(self.assoc),
-            identity=claim,
-        )
-        if decision.reject is not None:
-            self._reject(*decision.reject)
-            return
-        self.assoc.pacsvault_peer = cast(Peer, decision.peer)  # type: ignore[attr-defined]
-        self.assoc.pacsvault_user = decision.user  # type: ignore[attr-defined]
-        peer = cast(Peer, decision.peer)
-
-        # Only established associations count: silent or half-open connections must not
-        # use up the limit for everyone else (they time out on their own).
-        active = [
-            a for a in self.assoc.ae.active_associations if a.is_acceptor and a.is_established
+def decode_request(body: bytes) -> AssociateRequest:
+    """Decode an A-ASSOCIATE-RQ PDU (its 6-byte header included)."""
+    try:
+        pdu = A_ASSOCIATE_RQ()
+        pdu.decode(body)
+        prim = pdu.to_primitive()
+        contexts = [
+            ProposedContext(
+                int(cx.context_id),  # type: ignore[arg-type]
+                str(cx.abstract_syntax),
+                tuple(str(ts) for ts in cx.transfer_syntax),
+            )
+            for cx in prim.presentation_context_definition_list
         ]
-        if len(active) >= self.assoc.ae.maximum_associations:
-            log.warning("association rejected: local limit of associations reached")
-            self._reject(0x02, 0x03, 0x02)
-            return
-
-        for item in self._check_sop_class_extended():
-            self.acceptor.add_negotiation_item(item)
-        self.acceptor._common_ext = self._check_sop_class_common_extended()
-
-        roles = {
-            uid: (item.scu_role, item.scp_role)
-            for uid, item in self.requestor.role_selection.items()
-        }
-        requested = rq.presentation_context_definition_list
-        result, ac_roles = negotiate_as_acceptor(requested, contexts_for(peer, requested), roles)
-        self.assoc._accepted_cx = {
-            cast(int, cx.context_id): cx for cx in result if cx.result == 0x00
-        }
-        self.assoc._rejected_cx = [cx for cx in result if cx.result != 0x00]
-        for role_item in ac_roles:
-            self.acceptor.add_negotiation_item(role_item)
-
-        self.send_accept()
-        evt.trigger(self.assoc, evt.EVT_ACCEPTED, {})
-        self.assoc.is_established = True
-        evt.trigger(self.assoc, evt.EVT_ESTABLISHED, {})
-
-    def _reject(self, result: int, source: int, reason: int) -> None:
-        self.send_reject(result, source, reason)
-        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
-        self.assoc.kill()
+        roles: dict[str, tuple[bool, bool]] = {}
+        max_length = 0
+        identity = None
+        for item in prim.user_information:
+            if isinstance(item, MaximumLengthNotification):
+                max_length = int(item.maximum_length_received or 0)
+            elif isinstance(item, SCP_SCU_RoleSelectionNegotiation):
+                roles[str(item.sop_class_uid)] = (bool(item.scu_role), bool(item.scp_role))
+            elif isinstance(item, UserIdentityNegotiation):
+                identity = item
+        return AssociateRequest(
+            str(prim.calling_ae_title).strip(),
+            str(prim.called_ae_title).strip(),
+            str(prim.application_context_name or ""),
+            contexts,
+            roles,
+            max_length,
+            identity,
+        )
+    except Exception as exc:
+        raise MalformedRequest(f"malformed A-ASSOCIATE-RQ ({type(exc).__name__})") from None
 
 
-class _TransportRefused(Exception):
-    """The connection failed before an association could be negotiated."""
-
-
-def request_handler(
-    policy: AccessPolicy, tls: ssl.SSLContext | None = None, handshake_timeout: float = 30.0
-) -> type[RequestHandler]:
-    """A request handler class whose associations negotiate through *policy*.
-
-    With *tls*, the TLS handshake runs in the connection's own thread (a slow or
-    failing client never holds up the listener) and a failure is refused, logged,
-    audited and counted towards lockout like any other.
-    """
-
-    class _PolicyACSE(PolicyACSE):
-        pass
-
-    _PolicyACSE.policy = policy
-
-    class _Handler(RequestHandler):
-        def handle(self) -> None:
-            try:
-                super().handle()
-            except _TransportRefused:
-                with contextlib.suppress(OSError):
-                    self.request.close()
-
-        def _create_association(self) -> Association:
-            sock = cast(socket.socket, self.request)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # A peer that goes quiet mid-PDU must not hold a thread forever.
-            sock.settimeout(self.ae.network_timeout)
-            info = None
-            if tls is not None:
-                address = str(self.client_address[0])
-                try:
-                    sock.settimeout(handshake_timeout)
-                    tls_sock = tls.wrap_socket(sock, server_side=True)
-                    tls_sock.settimeout(self.ae.network_timeout)
-                except (ssl.SSLError, OSError) as exc:
-                    reason = getattr(exc, "reason", None) or type(exc).__name__
-                    policy.transport_failure(address, f"TLS handshake failed: {reason}")
-                    raise _TransportRefused from None
-                self.request = tls_sock
-                info = TlsInfo(str(tls_sock.version()), tls_sock.getpeercert(binary_form=True))
-            assoc = super()._create_association()
-            assoc.pacsvault_tls = info  # type: ignore[attr-defined]
-            assoc.acse = _PolicyACSE(assoc)
-            return assoc
-
-    return _Handler
+def encode_accept(
+    request: AssociateRequest,
+    negotiated: Negotiated,
+    max_length: int,
+    identity_response: bytes | None = None,
+) -> bytes:
+    """The A-ASSOCIATE-AC PDU (header included) for *request*."""
+    prim = A_ASSOCIATE()
+    prim.application_context_name = UID(APPLICATION_CONTEXT)
+    prim.calling_ae_title = request.calling_ae or "ANY"
+    prim.called_ae_title = request.called_ae or "ANY"
+    prim.result = 0x00
+    prim.result_source = 0x01
+    results = []
+    for cid, result, ts in negotiated.results:
+        cx = PresentationContext()
+        cx.context_id = cid
+        cx.result = result
+        if ts:
+            cx.transfer_syntax = [UID(ts)]
+        results.append(cx)
+    prim.presentation_context_definition_results_list = results
+    info: list = []
+    ml = MaximumLengthNotification()
+    ml.maximum_length_received = max_length
+    info.append(ml)
+    impl = ImplementationClassUIDNotification()
+    impl.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
+    info.append(impl)
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    info.append(version)
+    for ab, scu, scp in negotiated.roles:
+        role = SCP_SCU_RoleSelectionNegotiation()
+        role.sop_class_uid = UID(ab)
+        role.scu_role = scu
+        role.scp_role = scp
+        info.append(role)
+    if identity_response is not None:
+        item = UserIdentityNegotiation()
+        item.server_response = identity_response
+        info.append(item)
+    prim.user_information = info
+    pdu = A_ASSOCIATE_AC()
+    pdu.from_primitive(prim)
+    return pdu.encode()

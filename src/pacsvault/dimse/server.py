@@ -1,28 +1,95 @@
-"""The DICOM listener: one pynetdicom AE whose associations are decided by the AccessPolicy."""
+"""The DICOM listeners: accept connections, admit them fairly, serve each in its own thread.
+
+Admission protects registered peers from strangers: connections still in the
+handshake are few per source address and few overall, and when a limit is hit
+the *oldest* handshaking connection of that address (or overall) is dropped, so a
+flood of silent sockets never keeps a real modality out. Established
+associations are limited overall and per peer, so one peer cannot hold every slot.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import ssl
 import threading
-
-from pynetdicom import AE
-from pynetdicom.transport import ThreadedAssociationServer
+import time
+from collections import OrderedDict
 
 from pacsvault.config import DicomSettings
-from pacsvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacsvault.dimse.association import Limits, accept
 from pacsvault.dimse.handlers import DimseServices
-from pacsvault.dimse.negotiation import request_handler
+from pacsvault.security.peers import Peer
 from pacsvault.security.policy import AccessPolicy
 from pacsvault.storage.archive import Archive
 
 log = logging.getLogger("pacsvault.dimse")
 
+LISTEN_BACKLOG = 128
+
+
+class Admission:
+    """Counts of connections in the handshake (per address) and associations (per peer)."""
+
+    def __init__(self, settings: DicomSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._handshaking: OrderedDict[int, tuple[str, socket.socket]] = OrderedDict()
+        self._established: dict[int, tuple[str, socket.socket]] = {}
+
+    def arrive(self, conn_id: int, address: str, sock: socket.socket) -> None:
+        """Register a new connection; drop the oldest handshaking one when a limit is hit."""
+        victims = []
+        with self._lock:
+            same = [k for k, (a, _s) in self._handshaking.items() if a == address]
+            if len(same) >= self.settings.max_pending_per_address:
+                victims.append(self._handshaking.pop(same[0])[1])
+            if len(self._handshaking) >= self.settings.max_pending:
+                victims.append(self._handshaking.popitem(last=False)[1][1])
+            self._handshaking[conn_id] = (address, sock)
+        for victim in victims:
+            log.warning("dropping a connection from %s still in its handshake", address)
+            _shutdown(victim)
+
+    def establish(self, conn_id: int, peer: Peer) -> bool:
+        """Move a connection to the established set if the limits allow; False if not."""
+        with self._lock:
+            entry = self._handshaking.pop(conn_id, None)
+            if entry is None:
+                return False  # dropped meanwhile
+            same_peer = sum(1 for name, _s in self._established.values() if name == peer.name)
+            if (
+                len(self._established) >= self.settings.max_associations
+                or same_peer >= self.settings.max_associations_per_peer
+            ):
+                return False
+            self._established[conn_id] = (peer.name, entry[1])
+            return True
+
+    def leave(self, conn_id: int) -> None:
+        with self._lock:
+            self._handshaking.pop(conn_id, None)
+            self._established.pop(conn_id, None)
+
+    def close_all(self) -> None:
+        with self._lock:
+            socks = [s for _a, s in self._handshaking.values()]
+            socks += [s for _n, s in self._established.values()]
+        for sock in socks:
+            _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
 
 class DicomServer:
     """The DIMSE listeners: cleartext on ``dicom.port``, DICOM-TLS on ``tls_port``.
 
-    Both share one AE, one Archive and one AccessPolicy; either may be absent.
+    Both share one Archive, one AccessPolicy and one admission count; either may be
+    absent.
     """
 
     def __init__(
@@ -37,66 +104,123 @@ class DicomServer:
         self.settings = settings
         self.tls = tls
         self.tls_port = tls_port
-        self.services = DimseServices(archive, policy, settings.ae_title, settings.max_find_results)
         self.policy = policy
-        ae = AE(ae_title=settings.ae_title)
-        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-        ae.maximum_pdu_size = settings.max_pdu
-        ae.maximum_associations = settings.max_associations
-        ae.network_timeout = settings.network_timeout
-        ae.acse_timeout = settings.acse_timeout
-        ae.dimse_timeout = settings.dimse_timeout
-        # The policy decides; pynetdicom's own AE title checks stay off (they cannot
-        # check addresses or services) and our ACSE never consults them.
-        ae.require_called_aet = False
-        ae.require_calling_aet = []
-        self.ae = ae
-        self._plain: ThreadedAssociationServer | None = None
-        self._tls: ThreadedAssociationServer | None = None
+        self.services = DimseServices(
+            archive,
+            policy,
+            settings.ae_title,
+            settings.max_find_results,
+            max_identifier=settings.max_query_size,
+            dimse_timeout=settings.dimse_timeout,
+        )
+        self.limits = Limits(settings.max_pdu, settings.acse_timeout, settings.network_timeout)
+        self.admission = Admission(settings)
+        self._listeners: list[tuple[str, socket.socket, ssl.SSLContext | None]] = []
         self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._ids = 0
+        self._ids_lock = threading.Lock()
 
-    def _listen(self, port: int, tls: ssl.SSLContext | None) -> ThreadedAssociationServer:
-        server = self.ae.make_server(
-            (self.settings.bind, port),
-            ae_title=self.settings.ae_title,
-            contexts=[],
-            evt_handlers=self.services.handlers(),
-            server_class=ThreadedAssociationServer,
-            request_handler=request_handler(self.policy, tls, self.settings.acse_timeout),
-        )
-        server.daemon_threads = True
-        self.ae._servers.append(server)
-        thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=f"dicom-{port}"
-        )
-        thread.daemon = True
-        thread.start()
-        self._threads.append(thread)
-        host, bound = server.server_address[:2]
-        kind = "DICOM-TLS" if tls else "cleartext DICOM"
-        log.info("%s listener %s on %s:%d", kind, self.settings.ae_title, host, bound)
-        return server
+    def _bind(self, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.settings.bind else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.settings.bind, port))
+            sock.listen(LISTEN_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        sock.settimeout(0.5)
+        return sock
 
     def start(self) -> None:
         """Bind the listeners and serve in background threads."""
+        plan = []
         if self.settings.cleartext:
-            self._plain = self._listen(self.settings.port, None)
+            plan.append(("dicom", self.settings.port, None))
         if self.tls is not None and self.tls_port is not None:
-            self._tls = self._listen(self.tls_port, self.tls)
+            plan.append(("dicom-tls", self.tls_port, self.tls))
+        for kind, port, tls in plan:
+            sock = self._bind(port)
+            self._listeners.append((kind, sock, tls))
+            thread = threading.Thread(
+                target=self._accept_loop, args=(sock, tls), name=f"{kind}-{port}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+            host, bound = sock.getsockname()[:2]
+            label = "DICOM-TLS" if tls else "cleartext DICOM"
+            log.info("%s listener %s on %s:%d", label, self.settings.ae_title, host, bound)
+
+    def _accept_loop(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock, addr = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                time.sleep(0.05)  # e.g. out of file descriptors: back off, keep serving
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._ids_lock:
+                self._ids += 1
+                conn_id = self._ids
+            address = _address(addr[0])
+            self.admission.arrive(conn_id, address, sock)
+            threading.Thread(
+                target=self._serve,
+                args=(conn_id, sock, address, tls),
+                name=f"dicom-conn-{conn_id}",
+                daemon=True,
+            ).start()
+
+    def _serve(
+        self, conn_id: int, sock: socket.socket, address: str, tls: ssl.SSLContext | None
+    ) -> None:
+        try:
+            assoc = accept(
+                sock,
+                address,
+                policy=self.policy,
+                services=self.services,
+                limits=self.limits,
+                tls=tls,
+                admit=lambda peer: self.admission.establish(conn_id, peer),
+            )
+            if assoc is not None:
+                try:
+                    assoc.run()
+                finally:
+                    assoc.wire.close()
+        except Exception as exc:  # one connection's bug must not take the listener down
+            log.exception("connection from %s failed: %s", address, type(exc).__name__)
+            with contextlib.suppress(OSError):
+                sock.close()
+        finally:
+            self.admission.leave(conn_id)
 
     @property
     def listeners(self) -> list[tuple[str, str, int]]:
         """(kind, address, port) of each running listener."""
         out = []
-        for kind, server in (("dicom", self._plain), ("dicom-tls", self._tls)):
-            if server is not None:
-                host, port = server.server_address[:2]
-                out.append((kind, str(host), int(port)))
+        for kind, sock, _tls in self._listeners:
+            host, port = sock.getsockname()[:2]
+            out.append((kind, str(host), int(port)))
         return out
 
     def stop(self) -> None:
-        """Stop accepting, abort open associations and wait for the listeners to end."""
-        self.ae.shutdown()
+        """Stop accepting, end open connections and wait for the listeners to end."""
+        self._stopping.set()
         for thread in self._threads:
-            thread.join(timeout=10)
+            thread.join(timeout=5)
+        for _kind, sock, _tls in self._listeners:
+            sock.close()
+        self.admission.close_all()
+
+
+def _address(host: str) -> str:
+    """An IPv4-mapped IPv6 address as plain IPv4; others unchanged."""
+    return host[7:] if host.startswith("::ffff:") else host

@@ -110,6 +110,10 @@ def _write_head(conn: Connection, seq: int, digest: str) -> None:
         conn.execute(insert(s.settings_kv).values(key=HEAD_KEY, value=value))
 
 
+class AuditUnavailable(Exception):
+    """An audit record could not be written; the access it describes must not happen."""
+
+
 class Outcome(StrEnum):
     SUCCESS = "success"
     WARNING = "warning"
@@ -219,8 +223,14 @@ class AuditTrail:
         study_uid: str | None = None,
         patient_ref: str | None = None,
         detail: str | None = None,
+        best_effort: bool = False,
     ) -> None:
-        """Record one event durably. Failures are logged, never raised to the caller."""
+        """Record one event durably.
+
+        Raises :class:`AuditUnavailable` when the record cannot be written, so that no
+        access happens unrecorded: the caller refuses what it was about to do. With
+        *best_effort* (for refusals, which give nothing away) a failure is only logged.
+        """
         row = self.row(
             action, outcome, actor, study_uid=study_uid, patient_ref=patient_ref, detail=detail
         )
@@ -232,3 +242,5 @@ class AuditTrail:
                     self.insert(conn, row)
         except Exception as exc:
             log.error("could not write audit record (%s): %s", action.value, type(exc).__name__)
+            if not best_effort:
+                raise AuditUnavailable(f"audit trail unavailable ({type(exc).__name__})") from None

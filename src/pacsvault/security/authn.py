@@ -57,6 +57,20 @@ class IdentityVerifier:
             return IdentityResult(None, "a user name without a passcode proves nothing")
         return IdentityResult(None, "unsupported user identity type")
 
+    def claimed_name(self, id_type: int, primary: bytes) -> str | None:
+        """The account an identity item names, before any check (for lockout only)."""
+        if id_type == USERNAME_PASSCODE:
+            return primary.decode("utf-8", "replace")
+        if id_type == JWT:
+            try:
+                sub = jwt.decode(
+                    primary.decode("ascii", "replace"), options={"verify_signature": False}
+                ).get("sub")
+            except (jwt.InvalidTokenError, ValueError):
+                return None
+            return str(sub) if sub else None
+        return None
+
     def _key(self, alg: str) -> str | bytes | None:
         s = self.settings
         if alg == "HS256" and s.jwt_hs256_key_file:

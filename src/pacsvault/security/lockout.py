@@ -29,6 +29,11 @@ def account_key(name: str) -> str:
     return f"account:{name}"
 
 
+def peer_key(name: str) -> str:
+    """The lockout key of a peer that proved itself with its client certificate."""
+    return f"peer:{name}"
+
+
 @dataclass(frozen=True)
 class LockoutEntry:
     key: str
@@ -103,6 +108,7 @@ class Lockout:
                 Actor(kind, name, name if kind == "address" else None),
                 detail=f"{key} locked for {self.duration:.0f} s after "
                 f"{self.threshold} failures ({reason})",
+                best_effort=True,
             )
         return locked
 

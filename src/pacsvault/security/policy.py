@@ -12,10 +12,10 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from pacsvault.security.audit import Action, AuditTrail, Outcome
+from pacsvault.security.audit import Action, AuditTrail, AuditUnavailable, Outcome
 from pacsvault.security.authn import USERNAME, IdentityVerifier
 from pacsvault.security.identity import Actor
-from pacsvault.security.lockout import Lockout, account_key, address_key
+from pacsvault.security.lockout import Lockout, account_key, address_key, peer_key
 from pacsvault.security.peers import (
     CLIENT_CERT_CA,
     CLIENT_CERT_NONE,
@@ -64,6 +64,7 @@ class AssociationDecision:
 _RJ_CALLED = (REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLED_AE_NOT_RECOGNIZED)
 _RJ_CALLING = (REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AE_NOT_RECOGNIZED)
 _RJ_OTHER = (REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_NO_REASON)
+_RJ_BUSY = (0x02, SOURCE_SERVICE_USER, REASON_NO_REASON)  # rejected transient
 
 
 class AccessPolicy:
@@ -104,13 +105,11 @@ class AccessPolicy:
             return None
         if tls.peer_cert_der is None:
             return "no client certificate"
-        if peer.client_cert == CLIENT_CERT_CA:
-            if tls.peer_common_name != peer.name:
-                return "client certificate was not issued to this peer"
+        if self.proven_by_certificate(peer, tls):
             return None
-        if f"sha256:{tls.peer_fingerprint}" != peer.client_cert:
-            return "client certificate does not match the pinned fingerprint"
-        return None
+        if peer.client_cert == CLIENT_CERT_CA:
+            return "client certificate was not issued to this peer"
+        return "client certificate does not match the pinned fingerprint"
 
     def _decide(
         self,
@@ -120,9 +119,55 @@ class AccessPolicy:
         tls: TlsInfo | None,
         identity: IdentityClaim | None,
     ) -> tuple[AssociationDecision, str | None]:
-        """The decision, and the account a failed identity check counts against."""
-        if self.lockout and self.lockout.locked(address_key(address)):
+        """The decision, and the account a failed identity check counts against.
+
+        A lockout never changes the answer to an attempt that fails anyway (a locked
+        source learns nothing from its answers). An attempt that would succeed gets
+        the refusal an unknown AE title gets, unless the caller proved it is the peer
+        with a client certificate issued to it: the address lock is aimed at
+        guessers, and must not be a lever against a modality that shares an address
+        with one. A locked account is refused like a wrong passcode.
+        """
+        decision, account = self._evaluate(called, calling, address, tls, identity)
+        if self.lockout is None:
+            return decision, account
+        claimed = self._claimed_account(identity)
+        if decision.accepted and claimed and self.lockout.locked(account_key(claimed)):
+            return AssociationDecision(None, _RJ_OTHER, "account is locked out"), None
+        if not decision.accepted:
+            return decision, account
+        peer = decision.peer
+        assert peer is not None
+        if self.proven_by_certificate(peer, tls):
+            if self.lockout.locked(peer_key(peer.name)):
+                return AssociationDecision(None, _RJ_CALLING, "peer is locked out"), None
+        elif self.lockout.locked(address_key(address)):
             return AssociationDecision(None, _RJ_CALLING, "source address is locked out"), None
+        return decision, account
+
+    def _claimed_account(self, identity: IdentityClaim | None) -> str | None:
+        if identity is None or self.identities is None:
+            return None
+        return self.identities.claimed_name(identity.id_type, identity.primary)
+
+    def proven_by_certificate(self, peer: Peer | None, tls: TlsInfo | None) -> bool:
+        """True when *tls* carries a client certificate that identifies *peer* itself."""
+        if peer is None or tls is None or tls.peer_cert_der is None:
+            return False
+        if peer.client_cert == CLIENT_CERT_CA:
+            return tls.peer_common_name == peer.name
+        if peer.client_cert.startswith("sha256:"):
+            return f"sha256:{tls.peer_fingerprint}" == peer.client_cert
+        return False
+
+    def _evaluate(
+        self,
+        called: str,
+        calling: str,
+        address: str,
+        tls: TlsInfo | None,
+        identity: IdentityClaim | None,
+    ) -> tuple[AssociationDecision, str | None]:
         if called != self.ae_title:
             return AssociationDecision(None, _RJ_CALLED, "called AE title is not ours"), None
         if tls is None and not self._cleartext_allowed(address):
@@ -175,29 +220,50 @@ class AccessPolicy:
         if decision.accepted:
             log.info("association accepted: %s over %s", actor.describe(), transport)
             detail = f"called {called} over {transport}"
-            self.audit.record(Action.ASSOCIATION, Outcome.SUCCESS, actor, detail=detail)
+            try:
+                self.audit.record(Action.ASSOCIATION, Outcome.SUCCESS, actor, detail=detail)
+            except AuditUnavailable:
+                # Nothing is served unrecorded: a transient refusal, the peer may retry.
+                return AssociationDecision(None, _RJ_BUSY, "audit trail unavailable")
             return decision
         log.warning(
             "association rejected: calling %r called %r from %s over %s: %s",
             calling, called, address, transport, decision.why,
         )  # fmt: skip
-        self.audit.record(Action.ASSOCIATION, Outcome.REFUSED, actor, detail=decision.why)
-        self._count_failure(address, account, decision.why)
+        self.audit.record(
+            Action.ASSOCIATION, Outcome.REFUSED, actor, detail=decision.why, best_effort=True
+        )
+        # A caller that proved with its certificate which peer it is answers for its own
+        # failures; everybody else's count against the address they come from.
+        proven = self.peers.by_ae_title(calling)
+        source = (
+            peer_key(proven.name)
+            if proven is not None and self.proven_by_certificate(proven, tls)
+            else address_key(address)
+        )
+        self._count_failure(source, account, decision.why)
         return decision
 
-    def _count_failure(self, address: str, account: str | None, why: str) -> None:
+    def _count_failure(self, source: str, account: str | None, why: str) -> None:
         if self.lockout is None:
             return
-        keys = [address_key(address)] + ([account_key(account)] if account else [])
+        keys = [source] + ([account_key(account)] if account else [])
         self.lockout.failure(*keys, reason=why)
 
-    def transport_failure(self, address: str, why: str) -> None:
-        """A connection that failed before any association (e.g. a TLS handshake)."""
+    def transport_failure(self, address: str, why: str, *, count: bool = True) -> None:
+        """A connection that failed before any association (a TLS handshake, a malformed
+        request). Logged and audited; counted towards the address's lockout when *count*
+        (bytes that are not DICOM at all, e.g. a port scanner's, are not counted)."""
         log.warning("connection refused from %s: %s", address, why)
         self.audit.record(
-            Action.ASSOCIATION, Outcome.REFUSED, Actor("unknown", "-", address), detail=why
+            Action.ASSOCIATION,
+            Outcome.REFUSED,
+            Actor("unknown", "-", address),
+            detail=why,
+            best_effort=True,
         )
-        self._count_failure(address, None, why)
+        if count:
+            self._count_failure(address_key(address), None, why)
 
     def allows(self, peer: Peer | None, service: Service) -> bool:
         """True when *peer* was granted *service*."""
@@ -206,7 +272,7 @@ class AccessPolicy:
     def refuse(self, actor: Actor, action: Action, why: str) -> None:
         """Record a refused request (a service the peer was not granted, an unknown destination)."""
         log.warning("request refused: %s: %s", actor.describe(), why)
-        self.audit.record(action, Outcome.REFUSED, actor, detail=why)
+        self.audit.record(action, Outcome.REFUSED, actor, detail=why, best_effort=True)
 
     def move_destination(self, peer: Peer, destination_aet: str) -> Peer | None:
         """The registered destination a C-MOVE from *peer* may send to, or None."""

@@ -16,23 +16,36 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, BinaryIO
 
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from pacsvault.config import DuplicatePolicy
 from pacsvault.dicom.attributes import IndexAttribute, Level, character_set, index_values
 from pacsvault.dicom.matching import Condition
-from pacsvault.dicom.part10 import NotDicom, file_header, parse_dataset
-from pacsvault.dicom.uids import InvalidUID, require_uid
+from pacsvault.dicom.part10 import (
+    NotDicom,
+    TooLarge,
+    check_complete,
+    file_header,
+    inflated_size,
+    inflating,
+    read_index_dataset,
+)
+from pacsvault.dicom.uids import InvalidUID, is_safe_uid, is_valid_uid, require_uid
 from pacsvault.security.audit import Action, AuditTrail, Outcome
 from pacsvault.security.audit_keys import AuditSigner
 from pacsvault.security.identity import Actor
 from pacsvault.security.secrets import Pseudonymizer
-from pacsvault.storage.blobstore import BlobStore
+from pacsvault.storage.blobstore import BlobStore, StagedBlob
 from pacsvault.storage.index import Index, InstanceRecord, StoredInstance
 from pacsvault.storage.writer import IndexWriter
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_OBJECT_SIZE = 4 * 1024**3
 
 
 class StoreStatus(Enum):
@@ -46,6 +59,7 @@ class StoreStatus(Enum):
     INVALID = "invalid"  # unreadable dataset or bad UIDs
     MISMATCH = "mismatch"  # SOP class/instance differ from the request
     OUT_OF_RESOURCES = "out of resources"  # disk full, index unavailable
+    TOO_LARGE = "too large"  # above storage.max_object_size
 
     @property
     def ok(self) -> bool:
@@ -61,6 +75,71 @@ class StoreResult:
     reason: str = ""
     sop_instance_uid: str | None = None
     study_instance_uid: str | None = None
+
+
+class Incoming:
+    """A dataset arriving in pieces, written straight into the blob store's staging area.
+
+    Counts its size and SHA-256 (of the dataset bytes, after any file meta header) as it
+    goes. Past *limit* bytes it stops writing and only remembers that it was too large,
+    so an endless sender costs no memory and no disk.
+    """
+
+    def __init__(self, staged: StagedBlob, header: bytes, limit: int) -> None:
+        self.staged = staged
+        self.header = header
+        self.header_length = len(header)
+        self.limit = limit
+        self.dataset_size = 0
+        self.too_large = False
+        self._sha = hashlib.sha256()
+        self._open = True
+        if header:
+            staged.write(header)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.too_large:
+            return
+        if self.limit and self.dataset_size + len(data) > self.limit:
+            self.too_large = True
+            self.discard()
+            return
+        self.staged.write(data)
+        self._sha.update(data)
+        self.dataset_size += len(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    def discard(self) -> None:
+        """Drop what was staged (after a successful commit this is a no-op)."""
+        if self._open:
+            self._open = False
+            self.staged.discard()
+
+
+#: Per (study UID, patient ID): completed, failed and warning sub-operations.
+RetrieveOutcome = dict[tuple[str, str], tuple[int, int, int]]
+
+
+def _uid_text(ds: Dataset, keyword: str) -> str:
+    """A UID element's value as received, without its padding ('' when absent).
+
+    Read from the raw bytes where possible: pydicom strips all whitespace from UIDs,
+    and a newline in a UID is not padding but a reason to refuse the object.
+    UI values are padded with NUL; spaces are tolerated.
+    """
+    tag = tag_for_keyword(keyword)
+    elem = ds.get_item(tag) if tag is not None and tag in ds else None
+    if elem is None:
+        return ""
+    value = elem.value
+    if isinstance(value, bytes):
+        text = value.decode("latin-1")
+    else:
+        text = str(value if value is not None else "")
+    return text.strip(" \x00")
 
 
 def blob_key(sop_instance_uid: str, variant: str | None = None) -> str:
@@ -84,8 +163,10 @@ class Archive:
         pseudonyms: Pseudonymizer,
         audit_signer: AuditSigner | None = None,
         checkpoint_every: int = 100,
+        max_object_size: int = DEFAULT_MAX_OBJECT_SIZE,
     ) -> None:
         self.index = index
+        self.max_object_size = max_object_size
         self.blobs = blobs
         self.duplicate_policy = duplicate_policy
         self.pseudonyms = pseudonyms
@@ -104,6 +185,26 @@ class Archive:
 
     # -- ingest ---------------------------------------------------------------------------
 
+    def receive(
+        self,
+        actor: Actor,
+        transfer_syntax: str,
+        *,
+        sop_class: str | None = None,
+        sop_instance: str | None = None,
+    ) -> Incoming:
+        """Start receiving one dataset in *transfer_syntax* into the blob store's staging area.
+
+        When the request names safe SOP Class and Instance UIDs (a C-STORE does), the
+        file meta header is written first, so the received bytes become the stored file
+        without a second copy. Feed the dataset with :meth:`Incoming.write`, then call
+        :meth:`store_incoming` (or :meth:`Incoming.discard`).
+        """
+        header = b""
+        if is_safe_uid(sop_class) and is_safe_uid(sop_instance) and is_safe_uid(transfer_syntax):
+            header = file_header(sop_class, sop_instance, transfer_syntax, actor.ae_title)  # type: ignore[arg-type]
+        return Incoming(self.blobs.stage(), header, self.max_object_size)
+
     def store(
         self,
         actor: Actor,
@@ -114,14 +215,41 @@ class Archive:
         expected_sop_instance: str | None = None,
         action: Action = Action.STORE,
     ) -> StoreResult:
-        """Store one dataset (bytes as received, without file meta) in *transfer_syntax*.
+        """Store one dataset held in memory (bytes without file meta) in *transfer_syntax*."""
+        incoming = self.receive(actor, transfer_syntax)
+        incoming.write(dataset)
+        return self.store_incoming(
+            actor,
+            incoming,
+            transfer_syntax,
+            expected_sop_class=expected_sop_class,
+            expected_sop_instance=expected_sop_instance,
+            action=action,
+        )
+
+    def store_incoming(
+        self,
+        actor: Actor,
+        incoming: Incoming,
+        transfer_syntax: str,
+        *,
+        expected_sop_class: str | None = None,
+        expected_sop_instance: str | None = None,
+        action: Action = Action.STORE,
+    ) -> StoreResult:
+        """Validate, index and publish a received dataset.
 
         Returns only once the object and its index row are durable, or with a refusal
-        that stored nothing. Never raises for bad input.
+        that kept nothing. Never raises for bad input; the staged data is always
+        published or dropped.
         """
-        result = self._store(
-            actor, dataset, transfer_syntax, expected_sop_class, expected_sop_instance, action
-        )
+        try:
+            result = self._store(
+                actor, incoming, transfer_syntax, expected_sop_class, expected_sop_instance,
+                action,
+            )  # fmt: skip
+        finally:
+            incoming.discard()
         if result.status not in (StoreStatus.STORED, StoreStatus.REPLACED):
             # Stored ones were audited in the same transaction as their index row.
             outcome = (
@@ -136,31 +264,65 @@ class Archive:
                 actor,
                 study_uid=result.study_instance_uid,
                 detail=f"{result.status.value}: {result.reason}".rstrip(": "),
+                best_effort=True,
             )
         return result
+
+    def _inspect(self, incoming: Incoming, ts: str) -> tuple[Dataset, int]:
+        """Parse a received dataset for indexing: (index elements, bytes of group 0002 to drop).
+
+        Raises NotDicom or TooLarge. A deflated dataset is inflated as a stream, under
+        the size limit, and never written out inflated.
+        """
+        with incoming.staged.reader() as fp:
+            fp.seek(incoming.header_length)
+            if not UID(ts).is_deflated:
+                end = incoming.header_length + incoming.dataset_size
+                meta = check_complete(fp, end, ts)
+                fp.seek(incoming.header_length)
+                return read_index_dataset(fp, ts), meta
+            # Three streaming passes, none holding more than a chunk: size, completeness,
+            # then the index elements. A deflate bomb is stopped at the size limit.
+            start = incoming.header_length
+            size = inflated_size(fp, self.max_object_size)
+            fp.seek(start)
+            if check_complete(inflating(fp, self.max_object_size), size, ts):
+                raise NotDicom("file meta elements inside a deflated dataset")
+            fp.seek(start)
+            return read_index_dataset(inflating(fp, self.max_object_size), ts), 0
+
+    def _reframe(self, actor: Actor, incoming: Incoming, header: bytes, skip: int) -> Incoming:
+        """A new staged object: *header*, then the received dataset without its first *skip*
+        bytes (group 0002 elements a sender put in the dataset)."""
+        out = Incoming(self.blobs.stage(), header, self.max_object_size)
+        with incoming.staged.reader() as fp:
+            fp.seek(incoming.header_length + skip)
+            while chunk := fp.read(1 << 20):
+                out.write(chunk)
+        return out
 
     def _store(
         self,
         actor: Actor,
-        data: bytes,
+        incoming: Incoming,
         transfer_syntax: str,
         expected_class: str | None,
         expected_instance: str | None,
         action: Action,
     ) -> StoreResult:
+        if incoming.too_large:
+            why = f"object larger than storage.max_object_size ({self.max_object_size} bytes)"
+            return StoreResult(StoreStatus.TOO_LARGE, why)
         try:
-            transfer_syntax = require_uid(transfer_syntax.strip(), "Transfer Syntax UID")
-            ds = parse_dataset(data, transfer_syntax)
-            sop_class = require_uid(str(ds.get("SOPClassUID", "")).strip(), "SOP Class UID")
-            sop_instance = require_uid(
-                str(ds.get("SOPInstanceUID", "")).strip(), "SOP Instance UID"
-            )
-            study_uid = require_uid(
-                str(ds.get("StudyInstanceUID", "")).strip(), "Study Instance UID"
-            )
-            series_uid = require_uid(
-                str(ds.get("SeriesInstanceUID", "")).strip(), "Series Instance UID"
-            )
+            transfer_syntax = require_uid(transfer_syntax.strip(" \x00"), "Transfer Syntax UID")
+            ds, group2 = self._inspect(incoming, transfer_syntax)
+            sop_class = require_uid(_uid_text(ds, "SOPClassUID"), "SOP Class UID")
+            sop_instance = require_uid(_uid_text(ds, "SOPInstanceUID"), "SOP Instance UID")
+            study_uid = require_uid(_uid_text(ds, "StudyInstanceUID"), "Study Instance UID")
+            series_uid = require_uid(_uid_text(ds, "SeriesInstanceUID"), "Series Instance UID")
+        except TooLarge:
+            why = f"inflated object larger than storage.max_object_size ({self.max_object_size})"
+            return StoreResult(StoreStatus.TOO_LARGE, why)
         except (NotDicom, InvalidUID) as exc:
             return StoreResult(StoreStatus.INVALID, str(exc))
         if expected_class is not None and expected_class.strip() != sop_class:
@@ -171,19 +333,41 @@ class Archive:
             return StoreResult(
                 StoreStatus.MISMATCH, "SOP Instance UID differs from the request", None, study_uid
             )
-
-        charset = character_set(ds)
-        digest = hashlib.sha256(data).hexdigest()
+        for what, uid in (("SOP Instance", sop_instance), ("Study", study_uid),
+                          ("Series", series_uid), ("SOP Class", sop_class)):  # fmt: skip
+            if not is_valid_uid(uid):
+                log.info("accepted a non-conformant %s UID (leading zeros)", what)
         header = file_header(sop_class, sop_instance, transfer_syntax, actor.ae_title)
+        if group2:
+            log.info("dropped %d bytes of file meta elements sent inside a dataset", group2)
+        if group2 or incoming.header != header:
+            incoming = self._reframe(actor, incoming, header, group2)
+        try:
+            return self._commit(actor, incoming, ds, transfer_syntax, action, (
+                sop_class, sop_instance, study_uid, series_uid))  # fmt: skip
+        finally:
+            incoming.discard()
+
+    def _commit(
+        self,
+        actor: Actor,
+        incoming: Incoming,
+        ds: Dataset,
+        transfer_syntax: str,
+        action: Action,
+        uids: tuple[str, str, str, str],
+    ) -> StoreResult:
+        sop_class, sop_instance, study_uid, series_uid = uids
+        digest = incoming.sha256
         record = InstanceRecord(
             patient=index_values(ds, Level.PATIENT),
             study=index_values(ds, Level.STUDY),
             series=index_values(ds, Level.SERIES),
             instance=index_values(ds, Level.IMAGE),
-            charset=charset,
+            charset=character_set(ds),
             transfer_syntax_uid=transfer_syntax,
             blob_key=blob_key(sop_instance),
-            size=len(header) + len(data),
+            size=incoming.staged.size,
             sha256=digest,
             source_aet=actor.ae_title,
         )
@@ -209,7 +393,7 @@ class Archive:
                 replacing = True
                 record.blob_key = blob_key(sop_instance, digest[:16])
             try:
-                self.blobs.put(record.blob_key, (header, data))
+                self.blobs.commit(incoming.staged, record.blob_key)
             except OSError as exc:
                 log.error("blob store write failed: %s", exc.strerror or type(exc).__name__)
                 return ok(StoreStatus.OUT_OF_RESOURCES, "storage unavailable")
@@ -232,8 +416,13 @@ class Archive:
             try:
                 self.writer.submit(commit)
             except IntegrityError:
-                # Another node stored the same SOP instance meanwhile: keep theirs.
-                return ok(StoreStatus.DUPLICATE_KEPT_FIRST, "the first copy was kept")
+                if not replacing and self._stored_meanwhile(sop_instance):
+                    # Another node stored the same SOP instance meanwhile: keep theirs.
+                    return ok(StoreStatus.DUPLICATE_KEPT_FIRST, "the first copy was kept")
+                log.error("index write failed: a constraint refused it")
+                if not replacing:
+                    self.blobs.delete(record.blob_key)
+                return ok(StoreStatus.OUT_OF_RESOURCES, "index unavailable")
             except Exception as exc:
                 log.error("index write failed: %s", type(exc).__name__)
                 if not replacing:
@@ -242,6 +431,14 @@ class Archive:
             if replacing and existing is not None:
                 self.blobs.delete(existing.blob_key)
         return ok(StoreStatus.REPLACED if replacing else StoreStatus.STORED)
+
+    def _stored_meanwhile(self, sop_instance: str) -> bool:
+        """True when another writer's row for *sop_instance* now exists (a lost race)."""
+        try:
+            with self.index.engine.connect() as conn:
+                return self.index.find_instance(conn, sop_instance) is not None
+        except Exception:
+            return False
 
     # -- query ----------------------------------------------------------------------------
 
@@ -280,7 +477,10 @@ class Archive:
         *,
         destination: str | None = None,
     ) -> list[StoredInstance]:
-        """The instances a retrieve at *level* selects; audits one record per study."""
+        """The instances a retrieve at *level* selects; audits its start, one record per study.
+
+        Raises when the audit record cannot be written: no retrieve starts unrecorded.
+        """
         found = self.index.instances_for(level, conditions)
         per_study: dict[tuple[str, str], int] = {}
         for inst in found:
@@ -294,9 +494,25 @@ class Archive:
                 actor,
                 study_uid=study_uid,
                 patient_ref=self.pseudonyms.ref(patient_id),
-                detail=f"{count} instances{to}",
+                detail=f"started: {count} instances{to}",
             )
         return found
+
+    def retrieved(
+        self, actor: Actor, outcome: RetrieveOutcome, *, destination: str | None = None
+    ) -> None:
+        """Record what a retrieve actually sent, per study, when it ends."""
+        to = f" to {destination}" if destination else ""
+        for (study_uid, patient_id), (completed, failed, warning) in outcome.items():
+            self.audit.record(
+                Action.RETRIEVE,
+                Outcome.SUCCESS if not failed else Outcome.WARNING,
+                actor,
+                study_uid=study_uid,
+                patient_ref=self.pseudonyms.ref(patient_id),
+                detail=f"ended: completed {completed}, failed {failed}, warning {warning}{to}",
+                best_effort=True,  # what it describes has happened; the start was recorded
+            )
 
     def open(self, inst: StoredInstance) -> BinaryIO:
         """Open a stored instance's Part-10 file."""

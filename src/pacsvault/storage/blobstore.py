@@ -8,6 +8,7 @@ publish atomically).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import threading
@@ -17,8 +18,31 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 
+class StagedBlob(Protocol):
+    """An object being written into a store's own staging area, not yet visible."""
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append *data*."""
+
+    def reader(self) -> BinaryIO:
+        """A new binary stream over everything written so far, from the start."""
+
+    def discard(self) -> None:
+        """Drop the staged object (idempotent)."""
+
+
 class BlobStore(Protocol):
-    """Object storage for DICOM files."""
+    """Object storage for DICOM files, addressed by keys; no caller sees a local path."""
+
+    def stage(self) -> StagedBlob:
+        """A new, empty staged object in the store's own temporary area."""
+
+    def commit(self, staged: StagedBlob, key: str) -> None:
+        """Publish *staged* under *key*, durably and atomically (replacing any object)."""
 
     def put(self, key: str, parts: Iterable[bytes]) -> None:
         """Store the concatenation of *parts* under *key*, durably and atomically."""
@@ -26,8 +50,8 @@ class BlobStore(Protocol):
     def open(self, key: str) -> BinaryIO:
         """Open the object for reading; raises FileNotFoundError when absent."""
 
-    def local_path(self, key: str) -> Path | None:
-        """A filesystem path to the object, when the store has one (for zero-copy sends)."""
+    def open_range(self, key: str, start: int, length: int) -> BinaryIO:
+        """A stream of *length* bytes of the object from offset *start*."""
 
     def exists(self, key: str) -> bool:
         """True when the object is present."""
@@ -91,30 +115,39 @@ class FileBlobStore:
                     _fsync_dir(m.parent)
             self._known_dirs.add(directory)
 
-    def put(self, key: str, parts: Iterable[bytes]) -> None:
+    def stage(self) -> StagedFile:
+        return StagedFile(self.tmp / f"{uuid.uuid4().hex}.part")
+
+    def commit(self, staged: StagedBlob, key: str) -> None:
+        assert isinstance(staged, StagedFile)
         target = self._path(key)
         self._ensure_dir(target.parent)
-        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
         try:
-            with open(tmp, "wb") as f:
-                for part in parts:
-                    f.write(part)
-                f.flush()
-                if self.fsync:
-                    os.fsync(f.fileno())
-            os.replace(tmp, target)
+            staged.finish(fsync=self.fsync)
+            os.replace(staged.path, target)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            staged.discard()
             raise
         if self.fsync:
             _fsync_dir(target.parent)
 
+    def put(self, key: str, parts: Iterable[bytes]) -> None:
+        staged = self.stage()
+        try:
+            for part in parts:
+                staged.write(part)
+        except BaseException:
+            staged.discard()
+            raise
+        self.commit(staged, key)
+
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")
 
-    def local_path(self, key: str) -> Path | None:
-        return self._path(key)
+    def open_range(self, key: str, start: int, length: int) -> BinaryIO:
+        f = open(self._path(key), "rb")  # noqa: SIM115
+        f.seek(start)
+        return _Window(f, length)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -122,3 +155,66 @@ class FileBlobStore:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+
+class StagedFile:
+    """A staged object: a file in the store's ``tmp/`` directory (see :class:`StagedBlob`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: BinaryIO | None = open(path, "xb")  # noqa: SIM115
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert self._file is not None, "staged object already finished"
+        self._file.write(data)
+        self._size += len(data)
+
+    def reader(self) -> BinaryIO:
+        if self._file is not None:
+            self._file.flush()
+        return open(self.path, "rb")
+
+    def finish(self, *, fsync: bool) -> None:
+        """Flush (and fsync) the file and close it; it is then ready to be published."""
+        if self._file is None:
+            return
+        self._file.flush()
+        if fsync:
+            os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class _Window(io.RawIOBase):
+    """A read-only view of *length* bytes of an open file from its current position."""
+
+    def __init__(self, f: BinaryIO, length: int) -> None:
+        self._f = f
+        self._left = length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._left <= 0:
+            return 0
+        view = memoryview(b)[: self._left]
+        n = self._f.readinto(view)  # type: ignore[attr-defined]
+        self._left -= n or 0
+        return n or 0
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()

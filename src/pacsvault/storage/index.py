@@ -104,11 +104,12 @@ def open_engine(url: str) -> Engine:
             connect_args={"check_same_thread": False, "timeout": 30},
             pool_size=8,
             max_overflow=16,
+            hide_parameters=True,  # bound values (names, IDs) never reach an error message
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 def _with_folds(values: Mapping[str, str | None], level: Level) -> dict[str, str | None]:
