@@ -21,6 +21,7 @@ from pacsvault.security.peers import PeerError, parse_services
 from pacsvault.security.tls import expiry_note
 from pacsvault.security.users import Role, UserError
 from pacsvault.site import Site, SiteError, init_site, open_site
+from pacsvault.storage.migrations import SchemaError
 
 log = logging.getLogger("pacsvault")
 
@@ -132,6 +133,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Print counts, listeners, peers and lockouts; never a patient's name or ID."""
     site = _site(args)
     stats = site.archive.statistics()
     d, t = site.settings.dicom, site.settings.tls
@@ -139,6 +141,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for key in ("patients", "studies", "series", "instances"):
         print(f"{key}: {stats[key]}")
     print(f"bytes: {stats['bytes']}")
+    # Studies whose patient name or birth date differs from their PatientID's first study.
+    print(f"patient identity conflicts: {site.index.identity_conflicts()}")
     if d.cleartext:
         exposure = (
             "loopback only"
@@ -456,6 +460,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return 0
-    except (CommandError, SettingsError, SiteError, PeerError, UserError, AuditUnavailable) as exc:
+    except (
+        CommandError,
+        SettingsError,
+        SiteError,
+        SchemaError,
+        PeerError,
+        UserError,
+        AuditUnavailable,
+    ) as exc:
         print(f"pacsvault: {exc}", file=sys.stderr)
         return 2

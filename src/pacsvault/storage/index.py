@@ -4,6 +4,11 @@ All statements are SQLAlchemy Core, so the same code runs on both. Writes go
 through :meth:`Index.record_instance` inside a transaction owned by the caller
 (the group-commit writer); reads stream rows so large result sets never sit in
 memory.
+
+Patient identity: a patient row is one PatientID + IssuerOfPatientID; a study with
+an empty PatientID gets a patient row of its own. Every study keeps the patient
+attributes it was sent with, and everything below the patient level (answers and
+matching) uses that copy, so a study never shows another study's patient.
 """
 
 from __future__ import annotations
@@ -17,13 +22,13 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    Table,
     and_,
     bindparam,
     create_engine,
     event,
     exists,
     func,
-    insert,
     or_,
     select,
     update,
@@ -32,6 +37,7 @@ from sqlalchemy.sql import ColumnElement, Select
 
 from pacsvault.dicom.attributes import ATTRIBUTES, IndexAttribute, Kind, Level
 from pacsvault.dicom.matching import AnyOf, Condition, Exact, Range, Wildcard, fold
+from pacsvault.storage import migrations
 from pacsvault.storage import schema as s
 
 
@@ -120,6 +126,13 @@ def _with_folds(values: Mapping[str, str | None], level: Level) -> dict[str, str
     return row
 
 
+def _patient_copy(patient: Mapping[str, str | None]) -> dict[str, str | None]:
+    """The patient attributes a study keeps of its own (PatientID '' when absent)."""
+    values = {a.column: patient.get(a.column) for a in s.PATIENT_COPY}
+    values["patient_id"] = values["patient_id"] or ""
+    return _with_folds(values, Level.PATIENT)
+
+
 def _add_code(codes: str | None, code: str | None) -> str | None:
     """Add *code* to a backslash-joined, sorted set of codes; None when unchanged."""
     if not code:
@@ -148,7 +161,12 @@ _STUDY_LOOKUP = select(
     s.studies.c.modalities_in_study,
     s.studies.c.sop_classes_in_study,
 ).where(s.studies.c.study_instance_uid == bindparam("uid"))
-_PATIENT_LOOKUP = select(s.patients.c.pk).where(s.patients.c.patient_id == bindparam("pid"))
+# Written to match uq_patients_identity (its expression and its WHERE) so it uses it.
+_PATIENT_LOOKUP = select(s.patients.c.pk).where(
+    s.IDENTIFIED_PATIENT,
+    s.patients.c.patient_id == bindparam("pid"),
+    func.coalesce(s.patients.c.issuer_of_patient_id, s.EMPTY) == bindparam("issuer"),
+)
 _INSERT = {level: table.insert() for level, table in s.LEVEL_TABLES.items()}
 _COUNT_SERIES = (
     update(s.series)
@@ -185,16 +203,20 @@ class Index:
         self.engine = open_engine(url)
 
     def create(self) -> None:
-        """Create every table that does not exist yet."""
-        s.metadata.create_all(self.engine)
-        with self.engine.begin() as conn:
-            if (
-                conn.scalar(select(s.settings_kv.c.value).where(s.settings_kv.c.key == "schema"))
-                is None
-            ):
-                conn.execute(
-                    insert(s.settings_kv).values(key="schema", value=str(s.SCHEMA_VERSION))
-                )
+        """Make the schema current: create it in an empty database, or upgrade an older one.
+
+        Each migration runs in a transaction of its own (logged at INFO), so an
+        interrupted upgrade resumes from the last completed version. Raises
+        :class:`~pacsvault.storage.migrations.SchemaTooNew` for an index written by a
+        newer pacsvault, leaving it untouched. Only reads when the schema is current.
+        """
+        with self.engine.connect() as conn:
+            if migrations.is_current(migrations.stored_version(conn)):
+                return
+        while True:
+            with write_transaction(self.engine) as conn:
+                if not migrations.step(conn):
+                    return
 
     def close(self) -> None:
         self.engine.dispose()
@@ -231,6 +253,7 @@ class Index:
                     _INSERT[Level.STUDY],
                     {
                         **_with_folds(rec.study, Level.STUDY),
+                        **_patient_copy(rec.patient),
                         "patient_pk": patient_pk,
                         "charset": rec.charset,
                         "created_at": rec.stored_at,
@@ -272,10 +295,17 @@ class Index:
             conn.execute(update(s.studies).where(s.studies.c.pk == study_pk).values(**codes))
 
     def _patient_pk(self, conn: Connection, rec: InstanceRecord) -> int:
+        """The patient of a new study: the row of its PatientID + issuer, or a new row.
+
+        A study without a PatientID (absent or empty) always gets a new patient row.
+        An existing row keeps its first-seen attributes; the study keeps its own.
+        """
         patient_id = rec.patient.get("patient_id") or ""
-        row = conn.execute(_PATIENT_LOOKUP, {"pid": patient_id}).first()
-        if row is not None:
-            return int(row[0])
+        if patient_id:
+            issuer = rec.patient.get("issuer_of_patient_id") or ""
+            row = conn.execute(_PATIENT_LOOKUP, {"pid": patient_id, "issuer": issuer}).first()
+            if row is not None:
+                return int(row[0])
         values = _with_folds({**rec.patient, "patient_id": patient_id}, Level.PATIENT)
         return int(
             conn.execute(
@@ -318,7 +348,7 @@ class Index:
 
     def _instance_select(self) -> Select:
         return select(
-            s.patients.c.patient_id,
+            s.studies.c.patient_id,
             s.studies.c.study_instance_uid,
             s.series.c.series_instance_uid,
             s.instances.c.sop_instance_uid,
@@ -329,8 +359,9 @@ class Index:
             s.instances.c.sha256,
         ).select_from(self._joined(Level.IMAGE))
 
-    def _clause(self, attr: IndexAttribute, cond: Condition) -> ColumnElement[bool]:
-        table = s.LEVEL_TABLES[attr.level]
+    def _clause(self, attr: IndexAttribute, cond: Condition, level: Level) -> ColumnElement[bool]:
+        """The SQL condition of *cond* on *attr* in a query at *level*."""
+        table = _table_for(attr, level)
         if attr.kind is Kind.CODES:
             return self._codes_clause(attr, cond)
         folded = getattr(cond, "fold", False)
@@ -379,13 +410,15 @@ class Index:
     ) -> Iterator[Mapping[str, Any]]:
         """Stream the rows of *level* matching every condition, with all levels above joined.
 
-        Each row maps column names (of every joined level) to values. The connection is
-        held only while the iterator is being consumed.
+        Each row maps column names (of every joined level) to values. Below the patient
+        level, the patient attributes are the study's own copy (the study table's columns
+        of the same names); the patient-related counts are the patient row's. The
+        connection is held only while the iterator is being consumed.
         """
         tables = [s.LEVEL_TABLES[lvl] for lvl in Level if lvl.depth <= level.depth]
         columns = []
         seen: set[str] = set()
-        for table in reversed(tables):  # the deepest level wins charset/pk name clashes
+        for table in reversed(tables):  # the deepest level wins name clashes
             for col in table.c:
                 if col.name not in seen:
                     seen.add(col.name)
@@ -393,7 +426,7 @@ class Index:
         stmt = select(*columns).select_from(self._joined(level))
         for attr, cond in conditions:
             if attr.level.depth <= level.depth:
-                stmt = stmt.where(self._clause(attr, cond))
+                stmt = stmt.where(self._clause(attr, cond, level))
         stmt = stmt.order_by(s.LEVEL_TABLES[level].c.pk)
         if limit is not None:
             stmt = stmt.limit(limit)
@@ -410,7 +443,7 @@ class Index:
         stmt = self._instance_select()
         for attr, cond in conditions:
             if attr.level.depth <= level.depth:
-                stmt = stmt.where(self._clause(attr, cond))
+                stmt = stmt.where(self._clause(attr, cond, level))
         stmt = stmt.order_by(s.instances.c.pk)
         with self.engine.connect() as conn:
             return [_stored(r) for r in conn.execute(stmt).mappings()]
@@ -426,11 +459,44 @@ class Index:
                 "bytes": conn.scalar(select(func.coalesce(func.sum(s.instances.c.size), 0))) or 0,
             }
 
+    def identity_conflicts(self) -> int:
+        """How many studies name their patient differently from the patient's first study.
+
+        Counts studies of an identified patient (non-empty PatientID) whose own
+        PatientName (compared case-insensitively) or PatientBirthDate differs from the
+        patient row's, where both are known.
+        """
+        st, p = s.studies, s.patients
+        stmt = (
+            select(func.count())
+            .select_from(st.join(p, st.c.patient_pk == p.c.pk))
+            .where(
+                s.IDENTIFIED_PATIENT,
+                or_(
+                    st.c.patient_name_fold != p.c.patient_name_fold,
+                    st.c.patient_birth_date != p.c.patient_birth_date,
+                ),
+            )
+        )
+        with self.engine.connect() as conn:
+            return conn.scalar(stmt) or 0
+
     def all_blob_keys(self) -> Iterator[tuple[str, str, int]]:
         """(SOP Instance UID, blob key, size) of every instance, for consistency checks."""
         stmt = select(s.instances.c.sop_instance_uid, s.instances.c.blob_key, s.instances.c.size)
         with self.engine.connect() as conn:
             yield from conn.execute(stmt).tuples()
+
+
+def _table_for(attr: IndexAttribute, level: Level) -> Table:
+    """Where *attr* is matched in a query at *level*.
+
+    Below the patient level, patient attributes match the study's own copy (a study
+    is found by the name it was sent with); the derived counts stay the patient's.
+    """
+    if attr.level is Level.PATIENT and level is not Level.PATIENT and not attr.derived:
+        return s.studies
+    return s.LEVEL_TABLES[attr.level]
 
 
 def _stored(row: Mapping[str, Any]) -> StoredInstance:

@@ -3,6 +3,15 @@
 The query/retrieve tables are generated from :mod:`pacsvault.dicom.attributes`:
 every indexed attribute is a text column (counts are integers), person names get
 a case-folded twin column for case-insensitive matching.
+
+A patient is PatientID + IssuerOfPatientID (an empty PatientID identifies nobody:
+every such study gets a patient row of its own). Each study also keeps its own copy
+of the patient-level attributes it was sent with (:data:`PATIENT_COPY`), so answers
+below the patient level never show another study's name or birth date.
+
+:data:`SCHEMA_VERSION` is the version this code creates; older indexes are brought
+up to it by :mod:`pacsvault.storage.migrations`, which must be extended whenever
+these tables change.
 """
 
 from __future__ import annotations
@@ -18,11 +27,16 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
+    literal_column,
 )
 
-from pacsvault.dicom.attributes import ATTRIBUTES, IndexAttribute, Kind, Level
+from pacsvault.dicom.attributes import ATTRIBUTES, PATIENT_ATTRIBUTES, IndexAttribute, Kind, Level
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# The patient-level attributes every study keeps a copy of (all but the derived counts).
+PATIENT_COPY: list[IndexAttribute] = [a for a in PATIENT_ATTRIBUTES if not a.derived]
 
 metadata = MetaData()
 
@@ -33,16 +47,31 @@ def fold_column(attr: IndexAttribute) -> str:
 
 
 def _attribute_columns(level: Level) -> list[Column]:
+    """The columns of *level*'s own attributes.
+
+    The unique key of each level is NOT NULL and indexed; it is unique except at the
+    patient level, where PatientID identifies a patient only together with
+    IssuerOfPatientID (see ``uq_patients_identity``), and not at all when empty.
+    """
     cols: list[Column] = []
     for attr in ATTRIBUTES[level]:
         if attr.kind is Kind.COUNT:
             cols.append(Column(attr.column, Integer, nullable=False, default=0))
             continue
+        unique = attr.unique and level is not Level.PATIENT
         cols.append(
-            Column(
-                attr.column, Text, nullable=not attr.unique, unique=attr.unique, index=attr.unique
-            )
+            Column(attr.column, Text, nullable=not attr.unique, unique=unique, index=attr.unique)
         )
+        if attr.kind is Kind.NAME:
+            cols.append(Column(fold_column(attr), Text))
+    return cols
+
+
+def _patient_copy_columns() -> list[Column]:
+    """A study's copy of the patient attributes it was sent with (same column names)."""
+    cols: list[Column] = []
+    for attr in PATIENT_COPY:
+        cols.append(Column(attr.column, Text))
         if attr.kind is Kind.NAME:
             cols.append(Column(fold_column(attr), Text))
     return cols
@@ -64,6 +93,7 @@ studies = Table(
     *_attribute_columns(Level.STUDY),
     Column("charset", Text),
     Column("created_at", Float, nullable=False),
+    *_patient_copy_columns(),  # last: migration 2 appended them with ALTER TABLE
 )
 
 series = Table(
@@ -172,7 +202,21 @@ settings_kv = Table(
     Column("value", Text, nullable=False),
 )
 
+EMPTY = literal_column("''")  # a literal, not a bound parameter: index expressions must match
+
+# One patient row per PatientID + issuer; rows with an empty PatientID are never merged.
+IDENTIFIED_PATIENT = patients.c.patient_id != EMPTY
+Index(
+    "uq_patients_identity",
+    patients.c.patient_id,
+    func.coalesce(patients.c.issuer_of_patient_id, EMPTY),
+    unique=True,
+    sqlite_where=IDENTIFIED_PATIENT,
+    postgresql_where=IDENTIFIED_PATIENT,
+)
 Index("ix_studies_date", studies.c.study_date)
 Index("ix_patients_name_fold", patients.c.patient_name_fold)
 Index("ix_studies_accession", studies.c.accession_number)
+Index("ix_studies_patient_id", studies.c.patient_id)
+Index("ix_studies_patient_name_fold", studies.c.patient_name_fold)
 Index("ix_audit_time", audit_events.c.time)

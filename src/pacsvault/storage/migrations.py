@@ -1,0 +1,277 @@
+"""Versioned index migrations: each takes the schema from version N to N+1 in one transaction.
+
+The version lives in the ``meta`` table under the key ``schema``. :func:`step` is
+called by :meth:`pacsvault.storage.index.Index.create` inside a write transaction,
+repeatedly, until it reports the schema current: a fresh database gets the latest
+schema directly, an older one is upgraded one migration per transaction (a failed
+migration leaves the index at its previous version), and an index written by newer
+code is refused with :class:`SchemaTooNew`.
+
+Migrations are frozen history: they name tables, columns and indexes literally (and
+use their own table definitions) rather than deriving them from the current
+:mod:`pacsvault.storage.schema`, which keeps changing. DDL is written in the SQL
+common to SQLite and PostgreSQL; data changes use SQLAlchemy Core. On SQLite a
+change to a column constraint needs a table rebuild; uniqueness here lives in
+indexes, which both databases drop and create in place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Integer,
+    MetaData,
+    ScalarSelect,
+    Table,
+    Text,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
+
+from pacsvault import __version__
+from pacsvault.storage import schema as s
+
+log = logging.getLogger(__name__)
+
+SCHEMA_KEY = "schema"
+
+
+class SchemaError(Exception):
+    """The index's schema cannot be used by this code; the message says why (no values)."""
+
+
+class SchemaTooNew(SchemaError):
+    """The index was written by a newer pacsvault (its schema version is above ours)."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One upgrade step: *apply* takes the schema from ``version - 1`` to ``version``."""
+
+    version: int
+    summary: str
+    apply: Callable[[Connection], None]
+
+
+# -- migration 2: a patient is PatientID + issuer; studies keep their patient attributes ----
+
+# The patient-level columns as of schema 2, in table order (fold twin after the name).
+_V2_PATIENT_COPY = (
+    "patient_id",
+    "patient_name",
+    "patient_name_fold",
+    "issuer_of_patient_id",
+    "patient_birth_date",
+    "patient_birth_time",
+    "patient_sex",
+    "ethnic_group",
+    "patient_comments",
+)
+_V2_COUNTS = (
+    "number_of_patient_related_studies",
+    "number_of_patient_related_series",
+    "number_of_patient_related_instances",
+)
+
+_v2 = MetaData()
+_v2_patients = Table(
+    "patients",
+    _v2,
+    Column("pk", Integer, primary_key=True),
+    *(Column(name, Text) for name in _V2_PATIENT_COPY),
+    *(Column(name, Integer) for name in _V2_COUNTS),
+    Column("charset", Text),
+)
+_v2_studies = Table(
+    "studies",
+    _v2,
+    Column("pk", Integer, primary_key=True),
+    Column("patient_pk", Integer),
+    Column("number_of_study_related_series", Integer),
+    Column("number_of_study_related_instances", Integer),
+    *(Column(name, Text) for name in _V2_PATIENT_COPY),
+)
+
+_V2_INDEXES = (
+    "CREATE INDEX ix_patients_patient_id ON patients (patient_id)",
+    "CREATE UNIQUE INDEX uq_patients_identity ON patients "
+    "(patient_id, coalesce(issuer_of_patient_id, '')) WHERE patient_id != ''",
+    "CREATE INDEX ix_studies_patient_id ON studies (patient_id)",
+    "CREATE INDEX ix_studies_patient_name_fold ON studies (patient_name_fold)",
+)
+
+
+def _v2_copy_patient_attributes(conn: Connection) -> None:
+    """Give every study its own copy of its patient row's attributes (all schema 1 kept)."""
+    p, st = _v2_patients, _v2_studies
+    conn.execute(
+        update(st).values(
+            {
+                st.c[name]: select(p.c[name]).where(p.c.pk == st.c.patient_pk).scalar_subquery()
+                for name in _V2_PATIENT_COPY
+            }
+        )
+    )
+
+
+def _v2_split_unidentified(conn: Connection) -> int:
+    """Give each study of a merged empty-PatientID patient a patient row of its own.
+
+    Schema 1 merged every study without a PatientID into one patient; the first
+    study keeps that row, every later one gets a copy (the attributes schema 1 kept
+    are the first study's: the later studies' own were not indexed). Returns the
+    number of studies moved; their patients' counts are recomputed.
+    """
+    p, st = _v2_patients, _v2_studies
+    merged = (
+        select(st.c.patient_pk)
+        .join(p, p.c.pk == st.c.patient_pk)
+        .where(p.c.patient_id == "")
+        .group_by(st.c.patient_pk)
+        .having(func.count() > 1)
+    )
+    firsts: list[int] = list(conn.scalars(merged).all())
+    moved: list[int] = []
+    for patient_pk in firsts:
+        row = conn.execute(select(p).where(p.c.pk == patient_pk)).mappings().one()
+        values = {k: v for k, v in row.items() if k != "pk"}
+        later = select(st.c.pk).where(st.c.patient_pk == patient_pk).order_by(st.c.pk).offset(1)
+        for study_pk in conn.scalars(later).all():
+            new_pk = conn.execute(insert(p).values(values)).inserted_primary_key[0]
+            conn.execute(update(st).where(st.c.pk == study_pk).values(patient_pk=new_pk))
+            moved.append(new_pk)
+    if moved:
+        _v2_recount(conn, firsts + moved)
+    return len(moved)
+
+
+def _v2_recount(conn: Connection, patient_pks: list[int]) -> None:
+    """Recompute the derived counts of the patients *patient_pks* from their studies."""
+    p, st = _v2_patients, _v2_studies
+    own = st.c.patient_pk == p.c.pk
+
+    def total(column: Column[Any]) -> ScalarSelect[Any]:
+        return select(func.coalesce(func.sum(column), 0)).where(own).scalar_subquery()
+
+    conn.execute(
+        update(p)
+        .where(p.c.pk.in_(patient_pks))
+        .values(
+            number_of_patient_related_studies=select(func.count())
+            .select_from(st)
+            .where(own)
+            .scalar_subquery(),
+            number_of_patient_related_series=total(st.c.number_of_study_related_series),
+            number_of_patient_related_instances=total(st.c.number_of_study_related_instances),
+        )
+    )
+
+
+def _to_v2(conn: Connection) -> None:
+    """Schema 2: patients keyed by PatientID + issuer, studies with their own patient copy."""
+    quote = conn.dialect.identifier_preparer.quote
+    conn.execute(text("DROP INDEX ix_patients_patient_id"))  # was UNIQUE
+    for name in _V2_PATIENT_COPY:
+        conn.execute(text(f"ALTER TABLE studies ADD COLUMN {quote(name)} TEXT"))
+    _v2_copy_patient_attributes(conn)
+    moved = _v2_split_unidentified(conn)
+    if moved:
+        log.warning(
+            "%d studies without a PatientID had been merged into another study's patient by "
+            "schema 1; each now has a patient of its own, but the index shows them with the "
+            "first such study's patient attributes (schema 1 never indexed their own, which "
+            "their stored objects still hold)",
+            moved,
+        )
+    for ddl in _V2_INDEXES:
+        conn.execute(text(ddl))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(2, "a patient is PatientID + IssuerOfPatientID; studies keep their own copy", _to_v2),
+)
+assert [m.version for m in MIGRATIONS] == list(range(2, s.SCHEMA_VERSION + 1))
+
+
+# -- the driver ---------------------------------------------------------------------------
+
+
+def stored_version(conn: Connection, *, lock: bool = False) -> int | None:
+    """The index's schema version; None for an empty database.
+
+    An index with tables but no recorded version is schema 1 (whose ``create`` wrote
+    the version after the tables). With *lock*, the version row is locked for the
+    rest of the transaction where the database supports it (PostgreSQL).
+    Raises :class:`SchemaError` when the recorded version is not a number.
+    """
+    inspector = inspect(conn)
+    value = None
+    if inspector.has_table(s.settings_kv.name):
+        query = select(s.settings_kv.c.value).where(s.settings_kv.c.key == SCHEMA_KEY)
+        value = conn.scalar(query.with_for_update() if lock else query)
+    if value is None:
+        return 1 if inspector.has_table(s.patients.name) else None
+    try:
+        return int(value)
+    except ValueError:
+        raise SchemaError("the index's schema version is unreadable") from None
+
+
+def is_current(version: int | None) -> bool:
+    """True when *version* is current; raises :class:`SchemaTooNew` when above ours."""
+    if version is not None and version > s.SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"the index has schema version {version}, newer than this pacsvault "
+            f"({__version__}, schema {s.SCHEMA_VERSION}) supports: run the release that "
+            "upgraded it, or restore the index from a backup made before that upgrade"
+        )
+    return version == s.SCHEMA_VERSION
+
+
+def _set_version(conn: Connection, version: int) -> None:
+    kv = s.settings_kv
+    done = conn.execute(
+        update(kv).where(kv.c.key == SCHEMA_KEY).values(value=str(version))
+    ).rowcount
+    if not done:
+        conn.execute(insert(kv).values(key=SCHEMA_KEY, value=str(version)))
+
+
+def step(conn: Connection) -> bool:
+    """Bring the index one step towards :data:`SCHEMA_VERSION` in *conn*'s transaction.
+
+    An empty database gets every table at the latest version at once; an older
+    schema gets the next migration (logged at INFO). Returns True when something was
+    done and another step follows, False when the schema is now current. Raises
+    :class:`SchemaTooNew` for an index written by newer code, :class:`SchemaError` for
+    a version no migration starts from.
+    """
+    version = stored_version(conn, lock=True)
+    if is_current(version):
+        return False
+    if version is None:
+        s.metadata.create_all(conn)
+        _set_version(conn, s.SCHEMA_VERSION)
+        return False
+    migration = next((m for m in MIGRATIONS if m.version == version + 1), None)
+    if migration is None:
+        raise SchemaError(f"the index has schema version {version}, which no release made")
+    log.info(
+        "upgrading the index schema from version %d to %d: %s",
+        version,
+        migration.version,
+        migration.summary,
+    )
+    migration.apply(conn)
+    _set_version(conn, migration.version)
+    return migration.version < s.SCHEMA_VERSION
