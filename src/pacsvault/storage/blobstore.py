@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -122,3 +123,64 @@ class FileBlobStore:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+    # -- inventory (fsck) -----------------------------------------------------------------
+
+    def keys(self) -> Iterator[str]:
+        """Every key the store holds, sorted; temporary and quarantined objects are not keys.
+
+        A listing of the whole store (for an object store: a paginated listing of its
+        objects prefix). Anything that is not a directory is listed, so a stray link
+        or special file shows up instead of hiding among the objects.
+        """
+        yield from self._walk(self.objects, "")
+
+    def _walk(self, directory: Path, prefix: str) -> Iterator[str]:
+        """Keys below *directory* (whose key prefix is *prefix*), sorted; links not followed."""
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(Path(entry.path), f"{prefix}{entry.name}/")
+            else:
+                yield f"{prefix}{entry.name}"
+
+    def size(self, key: str) -> int:
+        """The object's size in bytes; raises FileNotFoundError when there is no such object."""
+        st = os.stat(self._path(key))
+        if not stat.S_ISREG(st.st_mode):
+            raise FileNotFoundError(f"not a stored object: {key}")
+        return st.st_size
+
+    def modified(self, key: str) -> float:
+        """When the object was last written, in seconds since the epoch.
+
+        Raises FileNotFoundError when there is no such object.
+        """
+        return os.lstat(self._path(key)).st_mtime
+
+    def quarantine(self, key: str, batch: str) -> str:
+        """Move the object out of the store into quarantine *batch*, keeping its key below it.
+
+        Afterwards :meth:`keys`, :meth:`open` and :meth:`exists` no longer see it, and
+        nothing is deleted: an operator can inspect or restore it. *batch* is one name
+        (e.g. a timestamp) grouping the objects of one repair. Returns where the object
+        went, for the operator (here a path, ``<root>/quarantine/<batch>/<key>``, in
+        directories of mode 0700). Raises FileNotFoundError when the object is absent
+        and FileExistsError when the batch already holds this key.
+        """
+        if batch in ("", ".", "..") or "/" in batch:
+            raise ValueError("invalid quarantine batch")
+        source = self._path(key)
+        target = self.root.joinpath("quarantine", batch, *key.split("/"))
+        self._ensure_dir(target.parent)
+        if os.path.lexists(target):
+            raise FileExistsError(f"already quarantined: {key}")
+        os.rename(source, target)
+        if self.fsync:
+            _fsync_dir(target.parent)
+            _fsync_dir(source.parent)
+        return str(target)
