@@ -85,6 +85,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         site.close()
         raise CommandError("no listener: both cleartext DICOM and TLS are disabled")
     operator = Actor("operator", "serve", "local")
+    from pacsvault.fsck_cli import check_at_startup
+
+    site.blobs.clean_staging()  # what a crash left half-written
+    check_at_startup(site, operator)  # warns (never refuses) when blobs and index disagree
     server = DicomServer(
         dicom, site.archive, site.policy(), tls=tls, tls_port=settings.tls.port if tls else None
     )
@@ -422,12 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tls)
 
     from pacsvault.doctor import register as register_doctor
+    from pacsvault.fsck_cli import register as register_fsck
     from pacsvault.scan.cli import register as register_scan
     from pacsvault.security.audit_cli import register as register_audit
 
     register_scan(sub, common)
     register_audit(sub, common)
     register_doctor(sub, common)
+    register_fsck(sub, common)
 
     p = sub.add_parser("demo", parents=[common], help="load synthetic demo studies")
     p.add_argument("--patients", type=int, default=5)

@@ -48,6 +48,7 @@ class Action(StrEnum):
     SETTINGS_CHANGE = "settings-change"
     LOCKOUT = "lockout"
     AUDIT_USE = "audit-use"
+    FSCK = "fsck"
 
 
 #: DICOM audit event IDs (PS3.16 CID 400 "Audit Event ID").
@@ -69,6 +70,7 @@ EVENT_CODES: dict[Action, str] = {
     Action.SETTINGS_CHANGE: "110113",
     Action.LOCKOUT: "110113",
     Action.AUDIT_USE: "110101",  # Audit Log Used
+    Action.FSCK: "110113",  # Security Alert (integrity of the stored objects)
 }
 
 GENESIS_HASH = "0" * 64

@@ -8,12 +8,14 @@ publish atomically).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
-import shutil
+import stat
 import threading
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -84,14 +86,40 @@ class FileBlobStore:
         self._dirs_lock = threading.Lock()
 
     def create(self) -> None:
-        """Create the directories and clear temporary files a crash may have left."""
-        for d in (self.root, self.objects):
+        """Create the directories (every command opens the store; nothing is removed)."""
+        for d in (self.root, self.objects, self.tmp):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(mode=0o700)
         if self.fsync:
             _fsync_dir(self.root)
+
+    def clean_staging(self) -> int:
+        """Remove staged objects nobody is writing any more (a crash's leftovers).
+
+        Every staged file is locked (flock) by its writer for as long as it exists, so
+        one that can be locked here belongs to a process that has ended; uploads of
+        other running processes (an import beside ``serve``) are left alone. Returns how
+        many were removed.
+        """
+        removed = 0
+        limit = time.time() - 1.0  # a file this new may not be locked by its writer yet
+        with os.scandir(self.tmp) as it:
+            for entry in it:
+                try:
+                    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+                except OSError:
+                    continue
+                try:
+                    if os.fstat(fd).st_mtime > limit:
+                        continue
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # in use
+                finally:
+                    os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
@@ -123,8 +151,7 @@ class FileBlobStore:
         target = self._path(key)
         self._ensure_dir(target.parent)
         try:
-            staged.finish(fsync=self.fsync)
-            os.replace(staged.path, target)
+            staged.publish(target, fsync=self.fsync)
         except BaseException:
             staged.discard()
             raise
@@ -156,6 +183,67 @@ class FileBlobStore:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
 
+    # -- inventory (fsck) -----------------------------------------------------------------
+
+    def keys(self) -> Iterator[str]:
+        """Every key the store holds, sorted; temporary and quarantined objects are not keys.
+
+        A listing of the whole store (for an object store: a paginated listing of its
+        objects prefix). Anything that is not a directory is listed, so a stray link
+        or special file shows up instead of hiding among the objects.
+        """
+        yield from self._walk(self.objects, "")
+
+    def _walk(self, directory: Path, prefix: str) -> Iterator[str]:
+        """Keys below *directory* (whose key prefix is *prefix*), sorted; links not followed."""
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(Path(entry.path), f"{prefix}{entry.name}/")
+            else:
+                yield f"{prefix}{entry.name}"
+
+    def size(self, key: str) -> int:
+        """The object's size in bytes; raises FileNotFoundError when there is no such object."""
+        st = os.stat(self._path(key))
+        if not stat.S_ISREG(st.st_mode):
+            raise FileNotFoundError(f"not a stored object: {key}")
+        return st.st_size
+
+    def modified(self, key: str) -> float:
+        """When the object was last written, in seconds since the epoch.
+
+        Raises FileNotFoundError when there is no such object.
+        """
+        return os.lstat(self._path(key)).st_mtime
+
+    def quarantine(self, key: str, batch: str) -> str:
+        """Move the object out of the store into quarantine *batch*, keeping its key below it.
+
+        Afterwards :meth:`keys`, :meth:`open` and :meth:`exists` no longer see it, and
+        nothing is deleted: an operator can inspect or restore it. *batch* is one name
+        (e.g. a timestamp) grouping the objects of one repair. Returns where the object
+        went, for the operator (here a path, ``<root>/quarantine/<batch>/<key>``, in
+        directories of mode 0700). Raises FileNotFoundError when the object is absent
+        and FileExistsError when the batch already holds this key.
+        """
+        if batch in ("", ".", "..") or "/" in batch:
+            raise ValueError("invalid quarantine batch")
+        source = self._path(key)
+        target = self.root.joinpath("quarantine", batch, *key.split("/"))
+        self._ensure_dir(target.parent)
+        if os.path.lexists(target):
+            raise FileExistsError(f"already quarantined: {key}")
+        os.rename(source, target)
+        if self.fsync:
+            _fsync_dir(target.parent)
+            _fsync_dir(source.parent)
+        return str(target)
+
 
 class StagedFile:
     """A staged object: a file in the store's ``tmp/`` directory (see :class:`StagedBlob`)."""
@@ -163,6 +251,7 @@ class StagedFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: BinaryIO | None = open(path, "xb")  # noqa: SIM115
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)  # "in use" (see clean_staging)
         self._size = 0
 
     @property
@@ -179,13 +268,13 @@ class StagedFile:
             self._file.flush()
         return open(self.path, "rb")
 
-    def finish(self, *, fsync: bool) -> None:
-        """Flush (and fsync) the file and close it; it is then ready to be published."""
-        if self._file is None:
-            return
+    def publish(self, target: Path, *, fsync: bool) -> None:
+        """Flush (and fsync) the file, move it to *target*, then close (and unlock) it."""
+        assert self._file is not None, "staged object already finished"
         self._file.flush()
         if fsync:
             os.fsync(self._file.fileno())
+        os.replace(self.path, target)
         self._file.close()
         self._file = None
 
