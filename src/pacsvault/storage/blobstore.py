@@ -13,7 +13,6 @@ import io
 import os
 import stat
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -97,11 +96,12 @@ class FileBlobStore:
 
         Every staged file is locked (flock) by its writer for as long as it exists, so
         one that can be locked here belongs to a process that has ended; uploads of
-        other running processes (an import beside ``serve``) are left alone. Returns how
-        many were removed.
+        other running processes (an import beside ``serve``) are left alone. (A file
+        created in the microseconds before its writer locks it could be taken; that
+        writer's store then fails cleanly with "storage unavailable".) Returns how many
+        were removed.
         """
         removed = 0
-        limit = time.time() - 1.0  # a file this new may not be locked by its writer yet
         with os.scandir(self.tmp) as it:
             for entry in it:
                 try:
@@ -109,8 +109,6 @@ class FileBlobStore:
                 except OSError:
                     continue
                 try:
-                    if os.fstat(fd).st_mtime > limit:
-                        continue
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     continue  # in use
