@@ -102,12 +102,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.audit.syslog_host:
         from pacsvault.security.audit_forward import AuditForwarder
 
-        forwarder = AuditForwarder(site.index, settings.audit, dicom.ae_title)
+        forwarder = AuditForwarder(
+            site.index, settings.audit, dicom.ae_title, site.archive.audit.log
+        )
         forwarder.start()
     listeners = ", ".join(
         f"{host}:{port} ({'TLS' if kind == 'dicom-tls' else 'cleartext'})"
         for kind, host, port in server.listeners
     )
+    site.archive.audit.begin_run("serve")  # the start marker of this run in the checkpoint log
     site.archive.audit.record(
         Action.APPLICATION_START, Outcome.SUCCESS, operator, detail=f"listening on {listeners}"
     )
@@ -128,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pass
     server.stop()
     site.archive.audit.record(Action.APPLICATION_STOP, Outcome.SUCCESS, operator)
-    site.archive.audit.checkpoint()
+    site.archive.audit.close()  # the final checkpoint: this shutdown was clean
     if forwarder is not None:
         forwarder.stop()
     site.close()

@@ -18,6 +18,7 @@ from pacsvault.config import (
     settings_template,
 )
 from pacsvault.security.audit_keys import load_signer
+from pacsvault.security.audit_log import CheckpointLog
 from pacsvault.security.authn import IdentityVerifier
 from pacsvault.security.lockout import Lockout
 from pacsvault.security.peers import PeerRegistry
@@ -100,8 +101,13 @@ class Site:
         self.index.close()
 
 
-def open_site(data_dir: Path, settings: Settings | None = None) -> Site:
-    """Open an initialised data directory (``settings`` overrides the file, e.g. for flags)."""
+def open_site(data_dir: Path, settings: Settings | None = None, *, new_site: bool = False) -> Site:
+    """Open an initialised data directory (``settings`` overrides the file, e.g. for flags).
+
+    Makes sure the audit trail has its signed genesis: written as the normal start when
+    *new_site* (``init``), or once for an index from an older release (see
+    ``AuditTrail.ensure_genesis`` for when it is deliberately not written).
+    """
     settings = settings or load_settings(data_dir)
     index = Index(index_url(data_dir, settings))
     blobs = FileBlobStore(data_dir / settings.storage.blob_dir, fsync=settings.storage.fsync)
@@ -115,7 +121,9 @@ def open_site(data_dir: Path, settings: Settings | None = None) -> Site:
         audit_signer=load_signer(data_dir),
         checkpoint_every=settings.audit.checkpoint_every,
         max_object_size=settings.storage.max_object_size,
+        checkpoint_log=CheckpointLog(data_dir),
     )
+    archive.audit.ensure_genesis(new_site=new_site)
     return Site(data_dir, settings, index, blobs, archive, PeerRegistry(index))
 
 
@@ -134,7 +142,7 @@ def init_site(data_dir: Path, ae_title: str) -> Site:
     fd = os.open(settings_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
-    site = open_site(data_dir)
+    site = open_site(data_dir, new_site=True)
     site.ca.create(ae_title)
     site.ca.ensure_server_cert(site.settings.tls.hostnames, site.settings.tls.addresses)
     index_file = data_dir / INDEX_FILE

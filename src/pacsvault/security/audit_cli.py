@@ -1,18 +1,24 @@
-"""``pacsvault audit``: verify, search, who-accessed, export. Using them is itself audited."""
+"""``pacsvault audit``: verify, search, who-accessed, export, export-checkpoints.
+
+Using them is itself audited.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
 from pacsvault.security.audit import Action, Outcome
+from pacsvault.security.audit_log import LogContents, read_copy
 from pacsvault.security.audit_message import audit_message
-from pacsvault.security.audit_verify import verify
+from pacsvault.security.audit_verify import Evidence, Verdict, check, read_trail
 from pacsvault.security.identity import local_operator
 from pacsvault.security.secrets import pseudonymizer
 from pacsvault.storage import schema as s
@@ -71,26 +77,79 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
         )))  # fmt: skip
 
 
+def _verify(site: Any, copies: list[LogContents]) -> Verdict:
+    """Check the trail against the local checkpoint log and *copies* (see audit_verify).
+
+    The log is read before the index and the liveness of writers checked after, so a
+    process writing meanwhile cannot make an honest trail look tampered with.
+    """
+    audit = site.archive.audit
+    log = audit.log
+    local = log.read()
+    with site.index.engine.connect() as conn, conn.begin():
+        trail = read_trail(conn)
+    evidence = Evidence(local, copies, log.writers_alive(), log.size() != local.size)
+    return check(trail, audit.signer, evidence)
+
+
+def _print_verdict(verdict: Verdict) -> None:
+    if verdict.intact:
+        print(f"audit trail intact: {verdict.records} records, "
+              f"{verdict.checkpoints} checkpoints")  # fmt: skip
+    for problem in verdict.problems:
+        print(problem.describe())
+    for warning in verdict.warnings:
+        print(f"warning: {warning}")
+    for note in verdict.notes:
+        print(f"note: {note}")
+    if not verdict.intact:
+        print(f"audit trail NOT intact: {len(verdict.problems)} problem(s)")
+
+
+def _export_checkpoints(site: Any, out_path: str | None) -> int:
+    """Write the checkpoint log's complete lines to *out_path* (0600) or stdout."""
+    text = site.archive.audit.log.complete_text()
+    if out_path:
+        fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    else:
+        sys.stdout.write(text)
+    return text.count("\n")
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from pacsvault.site import open_site
 
+    copies: list[LogContents] = []
+    for path in getattr(args, "checkpoints", None) or []:
+        try:
+            copies.append(read_copy(path))
+        except OSError as exc:
+            print(f"pacsvault: cannot read {path}: {exc.strerror}", file=sys.stderr)
+            return 2
     site = open_site(args.data_dir)
     actor = local_operator()
     try:
         if args.audit_cmd == "verify":
-            with site.index.engine.connect() as conn:
-                verdict = verify(conn, site.archive.audit.signer)  # type: ignore[arg-type]
+            verdict = _verify(site, copies)
             site.archive.audit.record(
                 Action.AUDIT_USE, Outcome.SUCCESS, actor,
-                detail=f"verify: {'intact' if verdict.intact else 'problems found'}",
+                detail=f"verify: {'intact' if verdict.intact else 'problems found'}"
+                f"{f' (+{len(copies)} checkpoint copies)' if copies else ''}",
             )  # fmt: skip
-            if verdict.intact:
-                print(f"audit trail intact: {verdict.records} records, "
-                      f"{verdict.checkpoints} checkpoints")  # fmt: skip
-                return 0
-            for problem in verdict.problems:
-                print(problem.describe())
-            return 1
+            _print_verdict(verdict)
+            return 0 if verdict.intact else 1
+        if args.audit_cmd == "export-checkpoints":
+            lines = _export_checkpoints(site, args.out)
+            site.archive.audit.record(
+                Action.EXPORT, Outcome.SUCCESS, actor, detail=f"checkpoint log: {lines} lines"
+            )
+            if args.out:
+                print(f"{lines} checkpoint log lines written to {args.out}")
+            return 0
         if args.audit_cmd in ("search", "who-accessed"):
             rows = _search(args, site)
             if args.audit_cmd == "who-accessed":
@@ -129,7 +188,19 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     """Add ``pacsvault audit ...``."""
     p = sub.add_parser("audit", parents=[common], help="verify, search and export the audit trail")
     audit_sub = p.add_subparsers(dest="audit_cmd", required=True)
-    audit_sub.add_parser("verify", parents=[common], help="check the hash chain and checkpoints")
+    v = audit_sub.add_parser(
+        "verify", parents=[common], help="check the hash chain, checkpoints and checkpoint log"
+    )
+    v.add_argument(
+        "--checkpoints", metavar="FILE", type=Path, action="append",
+        help="also check against this copy of the checkpoint log (an export-checkpoints "
+        "file, or the AUDIT-CHECKPOINT messages a syslog collector received); repeatable",
+    )  # fmt: skip
+    x = audit_sub.add_parser(
+        "export-checkpoints", parents=[common],
+        help="copy the checkpoint log (to keep off this machine)",
+    )  # fmt: skip
+    x.add_argument("--out", metavar="FILE", help="write to FILE (mode 0600) instead of stdout")
 
     def filters(q: argparse.ArgumentParser, patient_required: bool = False) -> None:
         q.add_argument("--patient", metavar="ID", required=patient_required,

@@ -4,22 +4,34 @@ The audit table is the queue: the forwarder remembers the last sequence number t
 collector accepted (in ``meta``) and sends every later record in order. When the
 collector is unreachable it retries with backoff, so an outage delays messages but
 loses none; after a restart it resumes where it stopped.
+
+The checkpoint log (``audit_log``) is forwarded the same way: every complete line,
+in order, as an RFC 5424 message with MSGID ``AUDIT-CHECKPOINT`` whose body is the
+line itself (JSON: kind, seq, hash, time, signature, final...). The byte offset sent
+so far is kept next to the log, not in the index, so write access to the index alone
+cannot make the forwarder skip lines. So the signed checkpoints, the genesis and the
+clean-shutdown marks leave the machine; what a collector received is a copy of the log
+that ``audit verify --checkpoints FILE`` reads as it is. After a crash between sending
+and saving the offset some lines are sent twice; verification ignores repeated lines.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import insert, select, update
 
 from pacsvault.config import AuditSettings
+from pacsvault.security.audit_log import SYSLOG_MSGID, CheckpointLog
 from pacsvault.security.audit_message import audit_message
 from pacsvault.storage import schema as s
 from pacsvault.storage.index import Index
@@ -40,11 +52,34 @@ def syslog_frame(row: Mapping[str, Any], source_id: str, hostname: str) -> bytes
     return f"{len(body)} ".encode() + body
 
 
+def checkpoint_frame(line: str, hostname: str) -> bytes:
+    """One checkpoint log line as an RFC 5424 message (notice), octet-counted.
+
+    The body is the line verbatim, so a collector's copy is a checkpoint log.
+    """
+    pri = FACILITY_AUTHPRIV * 8 + 5
+    try:
+        when = float(json.loads(line).get("time") or time.time())
+    except (ValueError, AttributeError, TypeError):
+        when = time.time()
+    stamp = dt.datetime.fromtimestamp(when, dt.UTC).isoformat(timespec="microseconds")
+    header = f"<{pri}>1 {stamp.replace('+00:00', 'Z')} {hostname} pacsvault - {SYSLOG_MSGID} -"
+    body = f"{header} {line}".encode()
+    return f"{len(body)} ".encode() + body
+
+
 class AuditForwarder:
     """A background thread sending new audit records to the configured collector."""
 
-    def __init__(self, index: Index, settings: AuditSettings, source_id: str) -> None:
+    def __init__(
+        self,
+        index: Index,
+        settings: AuditSettings,
+        source_id: str,
+        checkpoint_log: CheckpointLog | None = None,
+    ) -> None:
         self.index = index
+        self.checkpoint_log = checkpoint_log
         self.settings = settings
         self.source_id = source_id
         self.hostname = socket.gethostname() or "-"
@@ -98,7 +133,44 @@ class AuditForwarder:
                 conn.execute(insert(s.settings_kv).values(key=STATE_KEY, value=str(seq)))
 
     def send_pending(self) -> int:
-        """Send every record not yet forwarded; returns how many were sent. Raises OSError."""
+        """Send every record, then every checkpoint log line, not yet forwarded.
+
+        Returns how many messages were sent. Raises OSError.
+        """
+        return self._send_records() + self._send_checkpoints()
+
+    def _send_checkpoints(self) -> int:
+        """Send the checkpoint log's complete lines after the saved offset; how many sent.
+
+        A log shorter than the offset (replaced) is sent again from its start.
+        """
+        cp_log = self.checkpoint_log
+        if cp_log is None:
+            return 0
+        offset = cp_log.forwarded()
+        try:
+            with open(cp_log.path, "rb") as f:
+                if f.seek(0, 2) < offset:
+                    offset = 0
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return 0
+        data = data[: data.rfind(b"\n") + 1]
+        if not data:
+            return 0
+        sock = self._connect()
+        sent = 0
+        for raw in data.splitlines():
+            line = raw.decode("utf-8", errors="replace")
+            if line.startswith("{"):
+                sock.sendall(checkpoint_frame(line, self.hostname))
+                sent += 1
+        cp_log.save_forwarded(offset + len(data))
+        return sent
+
+    def _send_records(self) -> int:
+        """Send every audit record not yet forwarded; returns how many were sent."""
         sent = 0
         last = self._forwarded()
         while True:

@@ -37,6 +37,7 @@ from pacsvault.dicom.part10 import (
 from pacsvault.dicom.uids import InvalidUID, is_safe_uid, is_valid_uid, require_uid
 from pacsvault.security.audit import Action, AuditTrail, Outcome
 from pacsvault.security.audit_keys import AuditSigner
+from pacsvault.security.audit_log import CheckpointLog
 from pacsvault.security.identity import Actor
 from pacsvault.security.secrets import Pseudonymizer
 from pacsvault.storage.blobstore import BlobStore, StagedBlob
@@ -164,6 +165,7 @@ class Archive:
         audit_signer: AuditSigner | None = None,
         checkpoint_every: int = 100,
         max_object_size: int = DEFAULT_MAX_OBJECT_SIZE,
+        checkpoint_log: CheckpointLog | None = None,
     ) -> None:
         self.index = index
         self.max_object_size = max_object_size
@@ -172,12 +174,17 @@ class Archive:
         self.pseudonyms = pseudonyms
         self.writer = IndexWriter(index.engine)
         self.audit = AuditTrail(
-            index, self.writer.submit, signer=audit_signer, checkpoint_every=checkpoint_every
+            index,
+            self.writer.submit,
+            signer=audit_signer,
+            checkpoint_every=checkpoint_every,
+            checkpoint_log=checkpoint_log,
         )
         self._locks = [threading.Lock() for _ in range(self._LOCK_STRIPES)]
 
     def close(self) -> None:
-        """Finish pending index writes."""
+        """Sign the audit head (a clean stop), then finish pending index writes."""
+        self.audit.close()
         self.writer.stop()
 
     def _lock(self, sop_instance_uid: str) -> threading.Lock:

@@ -13,8 +13,9 @@ matching) uses that copy, so a study never shows another study's patient.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,10 @@ from pacsvault.dicom.attributes import ATTRIBUTES, IndexAttribute, Kind, Level
 from pacsvault.dicom.matching import AnyOf, Condition, Exact, Range, Wildcard, fold
 from pacsvault.storage import migrations
 from pacsvault.storage import schema as s
+
+log = logging.getLogger(__name__)
+
+_AFTER_COMMIT = "pacsvault_after_commit"
 
 
 @dataclass
@@ -95,11 +100,38 @@ def _sqlite_begin(conn: Connection) -> None:
 
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction that takes the write lock up front (no lock upgrade dead-ends on SQLite)."""
+    """A transaction that takes the write lock up front (no lock upgrade dead-ends on SQLite).
+
+    Actions registered with :func:`after_commit` run once the commit has returned, in
+    order, before this context exits; they are dropped if the transaction rolls back.
+    An action that raises is logged and does not affect the committed transaction.
+    """
     with engine.connect() as conn:
         conn.execution_options(pacsvault_begin="IMMEDIATE")
-        with conn.begin():
-            yield conn
+        actions: list[Callable[[], None]] = []
+        conn.info[_AFTER_COMMIT] = actions
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            conn.info.pop(_AFTER_COMMIT, None)
+        for action in actions:
+            try:
+                action()
+            except Exception as exc:
+                log.error("action after commit failed: %s: %s", type(exc).__name__, exc)
+
+
+def after_commit(conn: Connection, action: Callable[[], None]) -> bool:
+    """Run *action* once the :func:`write_transaction` of *conn* has committed.
+
+    Returns False (and does nothing) when *conn* is not inside a ``write_transaction``.
+    """
+    actions = conn.info.get(_AFTER_COMMIT)
+    if actions is None:
+        return False
+    actions.append(action)
+    return True
 
 
 def open_engine(url: str) -> Engine:
