@@ -87,6 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     operator = Actor("operator", "serve", "local")
     from pacsvault.fsck_cli import check_at_startup
 
+    site.archive.audit.begin_run("serve")  # the start marker of this run in the checkpoint log
     site.blobs.clean_staging()  # what a crash left half-written
     check_at_startup(site, operator)  # warns (never refuses) when blobs and index disagree
     server = DicomServer(
@@ -110,7 +111,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"{host}:{port} ({'TLS' if kind == 'dicom-tls' else 'cleartext'})"
         for kind, host, port in server.listeners
     )
-    site.archive.audit.begin_run("serve")  # the start marker of this run in the checkpoint log
     site.archive.audit.record(
         Action.APPLICATION_START, Outcome.SUCCESS, operator, detail=f"listening on {listeners}"
     )

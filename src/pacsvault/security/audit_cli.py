@@ -135,10 +135,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     try:
         if args.audit_cmd == "verify":
             verdict = _verify(site, copies)
+            # Best effort: a damaged trail may refuse new records, and verify is the tool
+            # that says what is wrong with it.
             site.archive.audit.record(
                 Action.AUDIT_USE, Outcome.SUCCESS, actor,
                 detail=f"verify: {'intact' if verdict.intact else 'problems found'}"
                 f"{f' (+{len(copies)} checkpoint copies)' if copies else ''}",
+                best_effort=True,
             )  # fmt: skip
             _print_verdict(verdict)
             return 0 if verdict.intact else 1
