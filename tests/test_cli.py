@@ -71,24 +71,33 @@ def test_serve_refuses_cleartext_on_a_public_address(data_dir: Path) -> None:
 
 def test_cleartext_networks_restrict_who_may_connect(tmp_path: Path) -> None:
     """The policy behind a non-loopback listener: cleartext only from the listed networks."""
-    from pacsvault.security.audit import AuditTrail
-    from pacsvault.security.peers import PeerRegistry, parse_services
-    from pacsvault.security.policy import AccessPolicy
-    from pacsvault.storage.index import Index
+    from pacsvault.config import load_settings
+    from pacsvault.dimse.association import REJECTIONS
+    from pacsvault.security.identity import Principal, Refusal
+    from pacsvault.security.peers import new_peer, parse_services
+    from pacsvault.security.policy import AssociationRequest
+    from pacsvault.site import init_site
 
-    index = Index(f"sqlite:///{tmp_path / 'i.sqlite'}")
-    index.create()
-    peers = PeerRegistry(index)
-    peers.add("ws", "WS", "0.0.0.0/0", None, parse_services("echo"))
-    policy = AccessPolicy(
-        peers, "PACSVAULT", AuditTrail(index), cleartext_networks=["192.0.2.0/24"]
-    )
-    assert policy.check_association("PACSVAULT", "WS", "192.0.2.9").accepted
-    assert policy.check_association("PACSVAULT", "WS", "127.0.0.1").accepted
-    outside = policy.check_association("PACSVAULT", "WS", "198.51.100.7")
-    assert not outside.accepted and "cleartext" in outside.why
-    assert outside.reject == (1, 1, 1)
-    index.close()
+    with init_site(tmp_path / "d", "PACSVAULT") as site:
+        peer = new_peer("ws", "WS", "0.0.0.0/0", None, parse_services("echo"))
+        site.admin.add_peer(site.operator(), peer)
+    settings = load_settings(tmp_path / "d")
+    settings.dicom.cleartext_networks = ["192.0.2.0/24"]
+    from pacsvault.site import open_site
+
+    with open_site(tmp_path / "d", settings) as site:
+        policy = site.policy
+        accepted = policy.authenticate_association(
+            AssociationRequest("PACSVAULT", "WS", "192.0.2.9")
+        )
+        assert isinstance(accepted, Principal)
+        local = policy.authenticate_association(AssociationRequest("PACSVAULT", "WS", "127.0.0.1"))
+        assert isinstance(local, Principal)
+        outside = policy.authenticate_association(
+            AssociationRequest("PACSVAULT", "WS", "198.51.100.7")
+        )
+        assert isinstance(outside, Refusal) and "cleartext" in outside.why
+        assert REJECTIONS[outside.reason] == (1, 1, 1)
 
 
 def test_serve_stops_cleanly_on_sigterm(data_dir: Path, tmp_path: Path) -> None:

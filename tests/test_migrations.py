@@ -218,7 +218,7 @@ def test_a_failed_migration_leaves_the_previous_version(
     assert "patient_name" not in columns
     monkeypatch.undo()
     index.create()
-    assert sql(v1_data, "SELECT value FROM meta WHERE key = 'schema'") == [("2",)]
+    assert sql(v1_data, "SELECT value FROM meta WHERE key = 'schema'") == [(str(SCHEMA_VERSION),)]
     index.close()
 
 

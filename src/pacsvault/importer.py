@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacsvault.dicom.part10 import NotDicom, read_index_dataset, split_part10
 from pacsvault.security.audit import Action, Outcome
-from pacsvault.security.identity import Actor
+from pacsvault.security.identity import Principal
 from pacsvault.storage.archive import Archive, StoreStatus
 
 
@@ -109,7 +109,7 @@ class Progress:
             self.out.write("\n")
 
 
-def import_paths(archive: Archive, actor: Actor, paths: list[Path]) -> ImportSummary:
+def import_paths(archive: Archive, principal: Principal, paths: list[Path]) -> ImportSummary:
     """Ingest every file under *paths*; bad files are counted, never fatal."""
     files = list(walk(paths))
     summary = ImportSummary()
@@ -121,14 +121,13 @@ def import_paths(archive: Archive, actor: Actor, paths: list[Path]) -> ImportSum
             with open(path, "rb") as f:
                 ts, offset = locate_dataset(f.read(HEAD_SIZE))
                 f.seek(offset)
-                incoming = archive.receive(actor, ts)
+                incoming = archive.receive(principal, ts)
                 while chunk := f.read(1 << 20):
                     incoming.write(chunk)
         except DamagedDicom as exc:
             summary.refused[f"invalid: {exc}"] += 1
-            archive.audit.record(
-                Action.IMPORT, Outcome.REFUSED, actor, detail=f"invalid: {exc}", best_effort=True
-            )
+            archive.audit.record(Action.IMPORT, Outcome.REFUSED, principal.actor,
+                                 detail=f"invalid: {exc}", best_effort=True)  # fmt: skip
             continue
         except NotDicom:
             summary.skipped += 1
@@ -138,7 +137,7 @@ def import_paths(archive: Archive, actor: Actor, paths: list[Path]) -> ImportSum
                 incoming.discard()
             summary.refused[f"unreadable file ({exc.strerror})"] += 1
             continue
-        result = archive.store_incoming(actor, incoming, ts, action=Action.IMPORT)
+        result = archive.store_incoming(principal, incoming, ts, action=Action.IMPORT)
         if result.status in (StoreStatus.STORED, StoreStatus.REPLACED):
             summary.stored += 1
         elif result.status in (

@@ -1,14 +1,17 @@
-"""The composition root: one data directory opened as settings, index, blobs, archive and policy.
+"""The composition root: one data directory opened, once per process, as a :class:`Site`.
 
-Every command builds what it needs from here, so the wiring exists exactly once.
+A Site owns the index and its single writer, the blob store, the audit trail, the
+access policy, the archive and the administration services, and installs the log
+filter; every command and ``serve`` use one, as a context manager. Nothing else
+wires these parts together.
 """
 
 from __future__ import annotations
 
 import os
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 from pacsvault.config import (
     SETTINGS_FILE,
@@ -17,18 +20,23 @@ from pacsvault.config import (
     load_settings,
     settings_template,
 )
+from pacsvault.logsafe import install as install_log_filter
 from pacsvault.security.audit_keys import load_signer
 from pacsvault.security.audit_log import CheckpointLog
 from pacsvault.security.authn import IdentityVerifier
-from pacsvault.security.lockout import Lockout
-from pacsvault.security.peers import PeerRegistry
+from pacsvault.security.identity import Principal
 from pacsvault.security.policy import AccessPolicy
 from pacsvault.security.secrets import pseudonymizer
 from pacsvault.security.tls import SERVER_CERT, SERVER_KEY, LocalCA, server_context
-from pacsvault.security.users import UserRegistry
+from pacsvault.storage.admin import Administration
 from pacsvault.storage.archive import Archive
+from pacsvault.storage.audit import AuditTrail
 from pacsvault.storage.blobstore import FileBlobStore
 from pacsvault.storage.index import Index
+from pacsvault.storage.lockout import Lockout
+from pacsvault.storage.peers import PeerRepository
+from pacsvault.storage.users import UserRepository
+from pacsvault.storage.writer import IndexWriter
 
 INDEX_FILE = "index.sqlite"
 
@@ -41,47 +49,66 @@ def index_url(data_dir: Path, settings: Settings) -> str:
     return settings.storage.index_url or f"sqlite:///{data_dir / INDEX_FILE}"
 
 
-@dataclass
 class Site:
-    """An opened data directory."""
+    """An opened data directory and everything that serves it (see the module docstring)."""
 
-    data_dir: Path
-    settings: Settings
-    index: Index
-    blobs: FileBlobStore
-    archive: Archive
-    peers: PeerRegistry
-
-    @property
-    def users(self) -> UserRegistry:
-        return UserRegistry(self.index)
-
-    @property
-    def ca(self) -> LocalCA:
-        return LocalCA(self.data_dir)
-
-    def lockout(self) -> Lockout:
-        sec = self.settings.security
-        return Lockout(
+    def __init__(self, data_dir: Path, settings: Settings, *, new_site: bool = False) -> None:
+        install_log_filter()
+        self.data_dir = data_dir
+        self.settings = settings
+        self.index = Index(index_url(data_dir, settings))
+        self.blobs = FileBlobStore(
+            data_dir / settings.storage.blob_dir, fsync=settings.storage.fsync
+        )
+        self.blobs.create()
+        self.index.create()
+        self.writer = IndexWriter(self.index.engine)
+        self.audit = AuditTrail(
             self.index,
-            self.archive.audit,
+            self.writer.submit,
+            signer=load_signer(data_dir),
+            checkpoint_every=settings.audit.checkpoint_every,
+            checkpoint_log=CheckpointLog(data_dir),
+        )
+        self.audit.ensure_genesis(new_site=new_site)
+        self.peers = PeerRepository(self.index.engine)
+        self.users = UserRepository(self.index.engine)
+        sec = settings.security
+        self.lockout = Lockout(
+            self.index,
+            self.audit,
             threshold=sec.lockout_threshold,
             window=sec.lockout_window,
             duration=sec.lockout_duration,
         )
-
-    def policy(self) -> AccessPolicy:
-        """The AccessPolicy for this site's DICOM listeners."""
-        return AccessPolicy(
-            self.peers,
-            self.settings.dicom.ae_title,
-            self.archive.audit,
-            cleartext_networks=self.settings.dicom.cleartext_networks,
-            lockout=self.lockout(),
-            identities=IdentityVerifier(
-                self.users, self.settings.security, self.settings.dicom.ae_title
-            ),
+        self.policy = AccessPolicy(
+            ae_title=settings.dicom.ae_title,
+            peers=self.peers,
+            audit=self.audit,
+            identities=IdentityVerifier(self.users, sec, settings.dicom.ae_title),
+            lockout=self.lockout,
+            shares=self.users,
+            cleartext_networks=settings.dicom.cleartext_networks,
         )
+        self.archive = Archive(
+            self.index,
+            self.blobs,
+            self.audit,
+            self.writer,
+            self.policy,
+            duplicate_policy=settings.dicom.duplicate_policy,
+            pseudonyms=pseudonymizer(data_dir),
+            max_object_size=settings.storage.max_object_size,
+        )
+        self.ca = LocalCA(data_dir)
+        self.admin = Administration(
+            self.writer.submit, self.audit, self.policy, self.peers, self.users, self.ca
+        )
+        self._closed = False
+
+    def operator(self) -> Principal:
+        """The operator running a command on this machine, as a principal."""
+        return self.policy.operator()
 
     def tls_files(self) -> tuple[Path, Path]:
         """(certificate, key) of the DICOM-TLS listener."""
@@ -97,8 +124,24 @@ class Site:
         return server_context(cert, key, [c for c in cas if c.exists()])
 
     def close(self) -> None:
-        self.archive.close()
+        """Sign the audit head (a clean stop), finish pending writes, release the index."""
+        if self._closed:
+            return
+        self._closed = True
+        self.audit.close()
+        self.writer.stop()
         self.index.close()
+
+    def __enter__(self) -> Site:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def open_site(data_dir: Path, settings: Settings | None = None, *, new_site: bool = False) -> Site:
@@ -108,23 +151,7 @@ def open_site(data_dir: Path, settings: Settings | None = None, *, new_site: boo
     *new_site* (``init``), or once for an index from an older release (see
     ``AuditTrail.ensure_genesis`` for when it is deliberately not written).
     """
-    settings = settings or load_settings(data_dir)
-    index = Index(index_url(data_dir, settings))
-    blobs = FileBlobStore(data_dir / settings.storage.blob_dir, fsync=settings.storage.fsync)
-    blobs.create()
-    index.create()
-    archive = Archive(
-        index,
-        blobs,
-        duplicate_policy=settings.dicom.duplicate_policy,
-        pseudonyms=pseudonymizer(data_dir),
-        audit_signer=load_signer(data_dir),
-        checkpoint_every=settings.audit.checkpoint_every,
-        max_object_size=settings.storage.max_object_size,
-        checkpoint_log=CheckpointLog(data_dir),
-    )
-    archive.audit.ensure_genesis(new_site=new_site)
-    return Site(data_dir, settings, index, blobs, archive, PeerRegistry(index))
+    return Site(data_dir, settings or load_settings(data_dir), new_site=new_site)
 
 
 def init_site(data_dir: Path, ae_title: str) -> Site:

@@ -36,11 +36,10 @@ from pacsvault.dimse.wire import (
     Wire,
     WireError,
 )
-from pacsvault.security.identity import Actor
-from pacsvault.security.peers import Peer, Service
-from pacsvault.security.policy import AccessPolicy, IdentityClaim
+from pacsvault.security.identity import Actor, Principal, Refusal, RefusalReason
+from pacsvault.security.peers import Peer
+from pacsvault.security.policy import AccessPolicy, AssociationRequest, IdentityClaim
 from pacsvault.security.tls import TlsInfo
-from pacsvault.security.users import User
 
 log = logging.getLogger("pacsvault.dimse")
 
@@ -50,9 +49,22 @@ MAX_ASSOCIATE_RQ = 256 * 1024
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result, source, reason
 REJECT_PERMANENT, REJECT_TRANSIENT = 0x01, 0x02
 SOURCE_USER, SOURCE_ACSE, SOURCE_PRESENTATION = 0x01, 0x02, 0x03
+NO_REASON = 0x01
 APPLICATION_CONTEXT_NOT_SUPPORTED = 0x02
+CALLING_AE_NOT_RECOGNIZED = 0x03
+CALLED_AE_NOT_RECOGNIZED = 0x07
 PROTOCOL_VERSION_NOT_SUPPORTED = 0x02
 LOCAL_LIMIT_EXCEEDED = 0x02
+
+#: The A-ASSOCIATE-RJ (result, source, reason) for each policy refusal. A locked-out or
+#: wrong-address caller gets the same answer as an unknown AE title.
+REJECTIONS: dict[RefusalReason, tuple[int, int, int]] = {
+    RefusalReason.UNKNOWN_CALLER: (REJECT_PERMANENT, SOURCE_USER, CALLING_AE_NOT_RECOGNIZED),
+    RefusalReason.WRONG_RECIPIENT: (REJECT_PERMANENT, SOURCE_USER, CALLED_AE_NOT_RECOGNIZED),
+    RefusalReason.TRANSPORT: (REJECT_PERMANENT, SOURCE_USER, NO_REASON),
+    RefusalReason.IDENTITY: (REJECT_PERMANENT, SOURCE_USER, NO_REASON),
+    RefusalReason.BUSY: (REJECT_TRANSIENT, SOURCE_USER, NO_REASON),
+}
 
 
 @dataclass
@@ -73,9 +85,7 @@ class AcceptorAssociation(StoreRequester):
         self,
         wire: Wire,
         channel: Channel,
-        peer: Peer,
-        user: User | None,
-        actor: Actor,
+        principal: Principal,
         calling_aet: str,
         services: DimseServices,
     ) -> None:
@@ -83,14 +93,13 @@ class AcceptorAssociation(StoreRequester):
         self.wire = wire
         self.channel = channel
         self.contexts = channel.contexts
-        self.peer = peer
-        self.user = user
-        self.actor = actor
+        self.principal = principal
         self.calling_aet = calling_aet
         self.services = services
 
-    def peer_has(self, service: Service) -> bool:
-        return service in self.peer.services
+    @property
+    def actor(self) -> Actor:
+        return self.principal.actor
 
     def run(self) -> None:
         """Serve requests until the peer releases or aborts, or breaks the protocol."""
@@ -222,13 +231,13 @@ def _handshake(
         if item is not None and item.user_identity_type is not None
         else None
     )
-    decision = policy.check_association(
-        request.called_ae, request.calling_ae, address, tls=tls, identity=claim
+    outcome = policy.authenticate_association(
+        AssociationRequest(request.called_ae, request.calling_ae, address, tls, claim)
     )
-    if decision.reject is not None:
-        wire.send_reject(*decision.reject)
+    if isinstance(outcome, Refusal):
+        wire.send_reject(*REJECTIONS[outcome.reason])
         return None
-    peer = decision.peer
+    peer = outcome.peer
     assert peer is not None
     if not admit(peer):
         log.warning("association rejected: association limit reached (%s)", peer.name)
@@ -236,20 +245,13 @@ def _handshake(
         return None
     negotiated = negotiate(peer, request.contexts, request.roles)
     identity_response = (
-        b"" if item is not None and item.positive_response_requested and decision.user else None
+        b"" if item is not None and item.positive_response_requested and outcome.user else None
     )
     wire.send(encode_accept(request, negotiated, limits.max_pdu, identity_response))
     channel = Channel(
         wire, negotiated.accepted, max_send=request.max_length, max_receive=limits.max_pdu
     )
-    actor = (
-        Actor("user", decision.user.name, address, request.calling_ae)
-        if decision.user is not None
-        else Actor("peer", peer.name, address, request.calling_ae)
-    )
-    return AcceptorAssociation(
-        wire, channel, peer, decision.user, actor, request.calling_ae, services
-    )
+    return AcceptorAssociation(wire, channel, outcome, request.calling_ae, services)
 
 
 def _close(sock: socket.socket) -> None:

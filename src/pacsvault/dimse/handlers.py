@@ -20,8 +20,8 @@ from pacsvault.dimse.channel import BoundedBuffer, Discard, Message, Sink
 from pacsvault.dimse.negotiation import Context
 from pacsvault.dimse.outbound import Retrieval, move_contexts
 from pacsvault.security.audit import Action, AuditUnavailable
-from pacsvault.security.peers import Service
-from pacsvault.security.policy import AccessPolicy
+from pacsvault.security.identity import Permission
+from pacsvault.security.policy import AccessPolicy, NotPermitted
 from pacsvault.storage.archive import Archive, Incoming
 from pacsvault.storage.index import StoredInstance
 
@@ -66,7 +66,7 @@ class DimseServices:
         field = command.command_field
         if field == m.C_STORE_RQ and self._may_store(assoc, context):
             return self.archive.receive(
-                assoc.actor,
+                assoc.principal,
                 context.transfer_syntax,
                 sop_class=command.get_text(m.AFFECTED_SOP_CLASS),
                 sop_instance=command.get_text(m.AFFECTED_SOP_INSTANCE),
@@ -76,7 +76,7 @@ class DimseServices:
         return Discard()
 
     def _may_store(self, assoc: AcceptorAssociation, context: Context) -> bool:
-        return context.requestor_scu and assoc.peer_has(Service.STORE)
+        return context.requestor_scu and self.policy.authorize(assoc.principal, Permission.STORE)
 
     def dispatch(self, assoc: AcceptorAssociation, msg: Message) -> None:
         """Answer one request message (requests of unknown kinds get 0x0211)."""
@@ -97,14 +97,10 @@ class DimseServices:
             return
         handler(assoc, msg)
 
-    def _refuse(self, assoc: AcceptorAssociation, action: Action, why: str) -> None:
-        self.policy.refuse(assoc.actor, action, why)
-
     # -- services --------------------------------------------------------------------------
 
     def echo(self, assoc: AcceptorAssociation, msg: Message) -> None:
-        if not assoc.peer_has(Service.ECHO):
-            self._refuse(assoc, Action.ECHO, "echo not granted to this peer")
+        if not self.policy.require(assoc.principal, Permission.ECHO, Action.ECHO):
             assoc.reply(msg, m.C_ECHO_RQ | m.RESPONSE_BIT, st.REFUSED_NOT_AUTHORIZED)
             return
         assoc.reply(msg, m.C_ECHO_RQ | m.RESPONSE_BIT, st.SUCCESS)
@@ -115,12 +111,12 @@ class DimseServices:
         extra = {"affected_instance": instance} if instance else {}
         incoming = msg.dataset
         if not isinstance(incoming, Incoming):
-            self._refuse(assoc, Action.STORE, "store not granted to this peer")
+            self.policy.refuse(assoc.actor, Action.STORE, "store not granted")
             assoc.reply(msg, rsp, st.REFUSED_NOT_AUTHORIZED, "store not granted", **extra)
             return
         try:
             result = self.archive.store_incoming(
-                assoc.actor,
+                assoc.principal,
                 incoming,
                 msg.context.transfer_syntax,
                 expected_sop_class=msg.command.get_text(m.AFFECTED_SOP_CLASS),
@@ -153,13 +149,12 @@ class DimseServices:
                 why = str(exc)
             except Exception as exc:
                 why = f"unreadable identifier ({type(exc).__name__})"
-        self._refuse(assoc, action, why)
+        self.policy.refuse(assoc.actor, action, why)
         return why
 
     def find(self, assoc: AcceptorAssociation, msg: Message) -> None:
         rsp = m.C_FIND_RQ | m.RESPONSE_BIT
-        if not assoc.peer_has(Service.FIND):
-            self._refuse(assoc, Action.QUERY, "find not granted to this peer")
+        if not self.policy.require(assoc.principal, Permission.QUERY, Action.QUERY):
             assoc.reply(msg, rsp, st.REFUSED_NOT_AUTHORIZED, "find not granted")
             return
         query = self._identifier(assoc, msg, Action.QUERY)
@@ -171,12 +166,15 @@ class DimseServices:
         ts = msg.context.transfer_syntax
         try:
             rows = self.archive.find(
-                assoc.actor,
+                assoc.principal,
                 query.level,
                 query.conditions,
                 keys=query.keys,
                 limit=self.max_find + 1 if self.max_find else None,
             )
+        except NotPermitted:
+            assoc.reply(msg, rsp, st.REFUSED_NOT_AUTHORIZED, "find not permitted")
+            return
         except AuditUnavailable:
             assoc.reply(msg, rsp, st.OUT_OF_RESOURCES, "audit trail unavailable")
             return
@@ -211,8 +209,7 @@ class DimseServices:
 
     def get(self, assoc: AcceptorAssociation, msg: Message) -> None:
         rsp = m.C_GET_RQ | m.RESPONSE_BIT
-        if not assoc.peer_has(Service.GET):
-            self._refuse(assoc, Action.RETRIEVE, "get not granted to this peer")
+        if not self.policy.require(assoc.principal, Permission.RETRIEVE, Action.RETRIEVE):
             assoc.reply(msg, rsp, st.REFUSED_NOT_AUTHORIZED, "get not granted")
             return
         query = self._identifier(assoc, msg, Action.RETRIEVE)
@@ -222,7 +219,7 @@ class DimseServices:
         instances = self._locate(assoc, msg, rsp, query)
         if instances is None:
             return
-        retrieval = Retrieval(self.archive, instances)
+        retrieval = Retrieval(self.archive, assoc.principal, instances)
         for inst in instances:
             if assoc.cancel_requested(msg.command.message_id):
                 break
@@ -244,9 +241,11 @@ class DimseServices:
     ) -> list[StoredInstance] | None:
         """The instances to retrieve, or None after answering why the retrieve cannot start."""
         try:
-            return self.archive.locate(
-                assoc.actor, query.level, query.conditions, destination=destination
+            return self.archive.retrieve(
+                assoc.principal, query.level, query.conditions, destination=destination
             )
+        except NotPermitted:
+            assoc.reply(msg, rsp, st.REFUSED_NOT_AUTHORIZED, "retrieve not permitted")
         except AuditUnavailable:
             assoc.reply(msg, rsp, st.OUT_OF_RESOURCES, "audit trail unavailable")
         except Exception as exc:
@@ -264,7 +263,7 @@ class DimseServices:
         cancelled: bool,
         destination: str | None = None,
     ) -> None:
-        self.archive.retrieved(assoc.actor, retrieval.outcome(), destination=destination)
+        self.archive.retrieved(assoc.principal, retrieval.outcome(), destination=destination)
         code = st.CANCEL if cancelled else retrieval.final_status()
         failed = retrieval.failed_list()
         dataset = None
@@ -276,14 +275,14 @@ class DimseServices:
 
     def move(self, assoc: AcceptorAssociation, msg: Message) -> None:
         rsp = m.C_MOVE_RQ | m.RESPONSE_BIT
-        if not assoc.peer_has(Service.MOVE):
-            self._refuse(assoc, Action.RETRIEVE, "move not granted to this peer")
+        if not self.policy.require(assoc.principal, Permission.MOVE, Action.RETRIEVE):
             assoc.reply(msg, rsp, st.REFUSED_NOT_AUTHORIZED, "move not granted")
             return
         destination_aet = msg.command.get_text(m.MOVE_DESTINATION).strip()
-        dest = self.policy.move_destination(assoc.peer, destination_aet)
+        dest = self.policy.move_destination(assoc.principal, destination_aet)
         if dest is None:
-            self._refuse(assoc, Action.RETRIEVE, "move destination is not a registered peer")
+            why = "move destination is not a registered peer"
+            self.policy.refuse(assoc.actor, Action.RETRIEVE, why)
             assoc.reply(msg, rsp, st.MOVE_DESTINATION_UNKNOWN, "unknown move destination")
             return
         query = self._identifier(assoc, msg, Action.RETRIEVE)
@@ -293,7 +292,7 @@ class DimseServices:
         instances = self._locate(assoc, msg, rsp, query, destination=dest.name)
         if instances is None:
             return
-        retrieval = Retrieval(self.archive, instances)
+        retrieval = Retrieval(self.archive, assoc.principal, instances)
         if not instances:
             self._finish(assoc, msg, rsp, retrieval, cancelled=False, destination=dest.name)
             return

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pydicom.uid import UID, AllTransferSyntaxes
-from pynetdicom import sop_class
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -28,7 +27,7 @@ from pynetdicom.pdu_primitives import (
     UserIdentityNegotiation,
 )
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import _QR_CLASSES, _STORAGE_CLASSES, _VERIFICATION_CLASSES
+from pynetdicom.sop_class import _STORAGE_CLASSES, _VERIFICATION_CLASSES
 
 from pacsvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacsvault.security.peers import Peer, Service
@@ -52,7 +51,6 @@ UNCOMPRESSED = (
 STORAGE_TRANSFER_SYNTAXES = frozenset(str(ts) for ts in AllTransferSyntaxes)
 _STORAGE_UIDS = frozenset(str(u) for u in _STORAGE_CLASSES.values())
 _VERIFICATION_UIDS = frozenset(str(u) for u in _VERIFICATION_CLASSES.values())
-_NON_STORAGE = frozenset(str(u) for u in _QR_CLASSES.values()) | _VERIFICATION_UIDS
 
 # Presentation context results (PS3.8 9.3.3.2)
 ACCEPTED = 0
@@ -64,21 +62,21 @@ TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
 def service_of(abstract_syntax: str) -> Service | None:
     """The service an abstract syntax belongs to, or None when we do not offer it.
 
-    Anything that is not a known non-storage SOP class (private, unknown, or a known
-    storage class) counts as storage.
+    Known storage SOP classes, and UIDs no dictionary knows yet (private ones, or
+    classes newer than pydicom's), count as storage; every other known SOP class
+    (worklist, storage commitment, print...) is not offered.
     """
     if abstract_syntax in _VERIFICATION_UIDS:
         return Service.ECHO
     if abstract_syntax in QUERY_MODELS:
         return QUERY_MODELS[abstract_syntax]
-    if abstract_syntax in _NON_STORAGE:
-        return None
+    if abstract_syntax in _STORAGE_UIDS:
+        return Service.STORE
     uid = UID(abstract_syntax)
-    if (
-        abstract_syntax in _STORAGE_UIDS
-        or uid.is_private
-        or not hasattr(sop_class, uid.keyword or "-")
-    ):
+    name = uid.name
+    if uid.is_private or name == abstract_syntax:
+        return Service.STORE  # unknown to the dictionaries: a newer storage class
+    if "Storage" in name and not name.startswith("Storage Commitment"):
         return Service.STORE
     return None
 

@@ -23,6 +23,7 @@ from pacsvault.dimse import messages as m
 from pacsvault.dimse import status as st
 from pacsvault.dimse.channel import Channel, Discard
 from pacsvault.dimse.negotiation import UNCOMPRESSED, Context, ProposedContext
+from pacsvault.security.identity import Principal
 from pacsvault.storage.archive import Archive, RetrieveOutcome
 from pacsvault.storage.index import StoredInstance
 
@@ -36,6 +37,7 @@ class Retrieval:
     """Progress of one C-GET or C-MOVE: counts per study and the failed instances."""
 
     archive: Archive
+    principal: Principal
     instances: list[StoredInstance]
     completed: int = 0
     failed: int = 0
@@ -153,7 +155,7 @@ class StoreRequester:
             fields[m.MOVE_ORIGINATOR_AET] = originator[0]
             fields[m.MOVE_ORIGINATOR_ID] = originator[1]
         try:
-            with retrieval.archive.open(inst) as stream:
+            with retrieval.archive.open(retrieval.principal, inst) as stream:
                 offset = meta_length(stream.read(144))
                 stream.seek(offset)
                 if transcode:

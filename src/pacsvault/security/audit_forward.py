@@ -26,15 +26,11 @@ import ssl
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
-
-from sqlalchemy import insert, select, update
+from typing import Any, Protocol
 
 from pacsvault.config import AuditSettings
 from pacsvault.security.audit_log import SYSLOG_MSGID, CheckpointLog
 from pacsvault.security.audit_message import audit_message
-from pacsvault.storage import schema as s
-from pacsvault.storage.index import Index
 
 log = logging.getLogger("pacsvault.audit")
 
@@ -68,17 +64,27 @@ def checkpoint_frame(line: str, hostname: str) -> bytes:
     return f"{len(body)} ".encode() + body
 
 
+class RecordSource(Protocol):
+    """Where the forwarder reads records and keeps how far it got (storage.audit)."""
+
+    def records_after(self, seq: int, limit: int = 200) -> list[Mapping[str, Any]]: ...
+
+    def get_state(self, key: str) -> str | None: ...
+
+    def set_state(self, key: str, value: str) -> None: ...
+
+
 class AuditForwarder:
     """A background thread sending new audit records to the configured collector."""
 
     def __init__(
         self,
-        index: Index,
+        records: RecordSource,
         settings: AuditSettings,
         source_id: str,
         checkpoint_log: CheckpointLog | None = None,
     ) -> None:
-        self.index = index
+        self.records = records
         self.checkpoint_log = checkpoint_log
         self.settings = settings
         self.source_id = source_id
@@ -118,19 +124,11 @@ class AuditForwarder:
             self._sock = None
 
     def _forwarded(self) -> int:
-        with self.index.engine.connect() as conn:
-            value = conn.scalar(
-                select(s.settings_kv.c.value).where(s.settings_kv.c.key == STATE_KEY)
-            )
+        value = self.records.get_state(STATE_KEY)
         return int(value) if value else 0
 
     def _save(self, seq: int) -> None:
-        with self.index.engine.begin() as conn:
-            done = conn.execute(
-                update(s.settings_kv).where(s.settings_kv.c.key == STATE_KEY).values(value=str(seq))
-            ).rowcount
-            if not done:
-                conn.execute(insert(s.settings_kv).values(key=STATE_KEY, value=str(seq)))
+        self.records.set_state(STATE_KEY, str(seq))
 
     def send_pending(self) -> int:
         """Send every record, then every checkpoint log line, not yet forwarded.
@@ -174,17 +172,7 @@ class AuditForwarder:
         sent = 0
         last = self._forwarded()
         while True:
-            with self.index.engine.connect() as conn:
-                rows = (
-                    conn.execute(
-                        select(s.audit_events)
-                        .where(s.audit_events.c.seq > last)
-                        .order_by(s.audit_events.c.seq)
-                        .limit(200)
-                    )
-                    .mappings()
-                    .all()
-                )
+            rows = self.records.records_after(last, 200)
             if not rows:
                 return sent
             sock = self._connect()

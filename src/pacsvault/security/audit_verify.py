@@ -33,18 +33,14 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, select
-
 from pacsvault.security.audit import (
     GENESIS_HASH,
     GENESIS_SEQ,
     checkpoint_statement,
-    read_head,
     record_hash,
 )
 from pacsvault.security.audit_keys import AuditSigner
 from pacsvault.security.audit_log import Entry, LogContents
-from pacsvault.storage import schema as s
 
 
 def _when(t: float | None) -> str:
@@ -109,18 +105,6 @@ class Evidence:
     copies: list[LogContents] = field(default_factory=list)
     alive: bool = False
     changed: bool = False
-
-
-def read_trail(conn: Connection) -> Trail:
-    """Records, head and checkpoints; call inside one transaction for a consistent view."""
-    rows = conn.execute(select(s.audit_events).order_by(s.audit_events.c.id)).mappings().all()
-    cps = conn.execute(select(s.audit_checkpoints).order_by(s.audit_checkpoints.c.seq))
-    return Trail(list(rows), read_head(conn), {cp["seq"]: cp for cp in cps.mappings()})
-
-
-def verify(conn: Connection, signer: AuditSigner, evidence: Evidence | None = None) -> Verdict:
-    """Read the trail through *conn* and check it (see :func:`check`)."""
-    return check(read_trail(conn), signer, evidence)
 
 
 def check(trail: Trail, signer: AuditSigner, evidence: Evidence | None = None) -> Verdict:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import jwt
 
 from pacsvault.config import SecuritySettings
-from pacsvault.security.users import User, UserRegistry
+from pacsvault.security.users import User
 
 USERNAME, USERNAME_PASSCODE, KERBEROS, SAML, JWT = 1, 2, 3, 4, 5
 
@@ -33,10 +34,18 @@ class IdentityResult:
         return self.user is not None
 
 
-class IdentityVerifier:
-    """Verifies user identity negotiation items against the users table and JWT keys."""
+class AccountDirectory(Protocol):
+    """The users, as the identity checks need them."""
 
-    def __init__(self, users: UserRegistry, settings: SecuritySettings, audience: str) -> None:
+    def get(self, name: str) -> User | None: ...
+
+    def authenticate(self, name: str, password: str) -> User | None: ...
+
+
+class IdentityVerifier:
+    """Verifies user identity negotiation items against the users and JWT keys."""
+
+    def __init__(self, users: AccountDirectory, settings: SecuritySettings, audience: str) -> None:
         self.users = users
         self.settings = settings
         self.audience = settings.jwt_audience or audience

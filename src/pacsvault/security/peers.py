@@ -1,18 +1,14 @@
-"""Registered DICOM peers: who may associate, from where, for which services."""
+"""Registered DICOM peers: who may associate, from where, for which services.
+
+The model and its validation; the peers themselves live in the index (storage.peers).
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import re
-import time
 from dataclasses import dataclass
 from enum import StrEnum
-
-from sqlalchemy import delete, insert, select
-from sqlalchemy.exc import IntegrityError
-
-from pacsvault.storage import schema as s
-from pacsvault.storage.index import Index
 
 
 class Service(StrEnum):
@@ -107,96 +103,57 @@ def parse_services(text: str) -> frozenset[Service]:
     return frozenset(out)
 
 
-def validate_ae_title(aet: str) -> str:
+AE_TITLE_RULE = "an AE title is 1-16 printable ASCII characters without backslash"
+
+
+def is_ae_title(aet: str) -> bool:
+    """True for 1-16 printable ASCII characters without backslash, after trimming spaces."""
     aet = aet.strip()
-    if not 1 <= len(aet) <= 16 or "\\" in aet or any(ord(c) < 0x20 or ord(c) > 0x7E for c in aet):
-        raise PeerError("an AE title is 1-16 printable ASCII characters without backslash")
-    return aet
+    return 1 <= len(aet) <= 16 and "\\" not in aet and all(0x20 <= ord(c) <= 0x7E for c in aet)
 
 
-class PeerRegistry:
-    """Peers stored in the index, so every node and every command sees the same list."""
-
-    def __init__(self, index: Index) -> None:
-        self.index = index
-
-    def add(
-        self,
-        name: str,
-        ae_title: str,
-        host: str,
-        port: int | None,
-        services: frozenset[Service],
-        *,
-        tls: str = TlsMode.OPTIONAL,
-        client_cert: str = CLIENT_CERT_CA,
-        user_identity: str = IdentityMode.OPTIONAL,
-    ) -> Peer:
-        if not _NAME_RE.match(name):
-            raise PeerError("a peer name is 1-64 letters, digits, '.', '_' or '-'")
-        ae_title = validate_ae_title(ae_title)
-        try:
-            ipaddress.ip_network(host, strict=False)
-        except ValueError:
-            raise PeerError("host must be an IP address or a CIDR network") from None
-        if port is not None and not 1 <= port <= 65535:
-            raise PeerError("port must be 1-65535")
-        if not services:
-            raise PeerError("grant at least one service with --allow")
-        try:
-            tls_mode, id_mode = TlsMode(tls), IdentityMode(user_identity)
-        except ValueError:
-            raise PeerError(
-                "--tls is required|optional|off, --user-identity required|optional"
-            ) from None
-        peer = Peer(
-            name, ae_title, host, port, services, tls_mode, parse_client_cert(client_cert), id_mode
-        )
-        try:
-            with self.index.engine.begin() as conn:
-                conn.execute(
-                    insert(s.peers).values(
-                        name=name,
-                        ae_title=ae_title,
-                        host=host,
-                        port=port,
-                        services=",".join(sorted(x.value for x in services)),
-                        tls=peer.tls.value,
-                        client_cert=peer.client_cert,
-                        user_identity=peer.user_identity.value,
-                        created_at=time.time(),
-                    )
-                )
-        except IntegrityError:
-            raise PeerError(f"a peer named '{name}' or with AE title '{ae_title}' exists") from None
-        return peer
-
-    def remove(self, name: str) -> None:
-        with self.index.engine.begin() as conn:
-            if conn.execute(delete(s.peers).where(s.peers.c.name == name)).rowcount == 0:
-                raise PeerError(f"no peer named '{name}'")
-
-    def get(self, name: str) -> Peer | None:
-        with self.index.engine.connect() as conn:
-            row = conn.execute(select(s.peers).where(s.peers.c.name == name)).mappings().first()
-        return _peer(row) if row else None
-
-    def list(self) -> list[Peer]:
-        with self.index.engine.connect() as conn:
-            rows = conn.execute(select(s.peers).order_by(s.peers.c.name)).mappings().all()
-        return [_peer(r) for r in rows]
-
-    def by_ae_title(self, ae_title: str) -> Peer | None:
-        with self.index.engine.connect() as conn:
-            row = (
-                conn.execute(select(s.peers).where(s.peers.c.ae_title == ae_title.strip()))
-                .mappings()
-                .first()
-            )
-        return _peer(row) if row else None
+def validate_ae_title(aet: str) -> str:
+    """*aet* without surrounding spaces; raises PeerError unless it is an AE title."""
+    if not is_ae_title(aet):
+        raise PeerError(AE_TITLE_RULE)
+    return aet.strip()
 
 
-def _peer(row: object) -> Peer:
+def new_peer(
+    name: str,
+    ae_title: str,
+    host: str,
+    port: int | None,
+    services: frozenset[Service],
+    *,
+    tls: str = TlsMode.OPTIONAL,
+    client_cert: str = CLIENT_CERT_CA,
+    user_identity: str = IdentityMode.OPTIONAL,
+) -> Peer:
+    """A validated peer definition; raises PeerError naming what is wrong."""
+    if not _NAME_RE.match(name):
+        raise PeerError("a peer name is 1-64 letters, digits, '.', '_' or '-'")
+    ae_title = validate_ae_title(ae_title)
+    try:
+        ipaddress.ip_network(host, strict=False)
+    except ValueError:
+        raise PeerError("host must be an IP address or a CIDR network") from None
+    if port is not None and not 1 <= port <= 65535:
+        raise PeerError("port must be 1-65535")
+    if not services:
+        raise PeerError("grant at least one service with --allow")
+    try:
+        tls_mode, id_mode = TlsMode(tls), IdentityMode(user_identity)
+    except ValueError:
+        why = "--tls is required|optional|off, --user-identity required|optional"
+        raise PeerError(why) from None
+    return Peer(
+        name, ae_title, host, port, services, tls_mode, parse_client_cert(client_cert), id_mode
+    )
+
+
+def peer_from_row(row: object) -> Peer:
+    """A Peer from a stored row (a mapping of the peers table's columns)."""
     r = dict(row)  # type: ignore[call-overload]
     return Peer(
         r["name"],

@@ -1,46 +1,132 @@
-"""The AccessPolicy: the one object that decides who may associate and do what.
+"""The AccessPolicy: the one object that decides who may do what to which study.
 
-Every DICOM service consults it (and the HTTP side will consult the same object):
-association acceptance by called AE, calling AE, source address and transport;
-service grants per peer; and which C-MOVE destinations a peer may send to. It
-records every refusal in the audit trail itself, so no front door can forget to.
+Front doors authenticate callers into a :class:`Principal` (or get a :class:`Refusal`
+with a neutral reason), ask :meth:`AccessPolicy.authorize` before each action, and
+the Archive applies :meth:`AccessPolicy.scope` to every find, retrieve and metadata
+read. Per-peer grants and per-user roles both map to :class:`Permission`. Refusals
+are logged (no patient data), audited and counted towards lockout here, so no front
+door can forget to. The policy holds no SQL: it reads peers, users, shares and
+lockout counters through the small protocols below, which storage implements.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from pacsvault.security.audit import Action, AuditTrail, AuditUnavailable, Outcome
+from pacsvault.security.audit import Action, AuditUnavailable, Outcome
 from pacsvault.security.authn import USERNAME, IdentityVerifier
-from pacsvault.security.identity import Actor
-from pacsvault.security.lockout import Lockout, account_key, address_key, peer_key
+from pacsvault.security.identity import (
+    Actor,
+    Permission,
+    Principal,
+    Proof,
+    Refusal,
+    RefusalReason,
+    Scope,
+    physician_key,
+)
 from pacsvault.security.peers import (
     CLIENT_CERT_CA,
     CLIENT_CERT_NONE,
     IdentityMode,
     Peer,
-    PeerRegistry,
     Service,
     TlsMode,
 )
 from pacsvault.security.tls import TlsInfo
-from pacsvault.security.users import User
+from pacsvault.security.users import Role, User
 
 log = logging.getLogger("pacsvault.policy")
 
-# A-ASSOCIATE-RJ (PS3.8 9.3.4): result, source, reason
-REJECTED_PERMANENT = 0x01
-SOURCE_SERVICE_USER = 0x01
-REASON_NO_REASON = 0x01
-REASON_CALLING_AE_NOT_RECOGNIZED = 0x03
-REASON_CALLED_AE_NOT_RECOGNIZED = 0x07
+#: What each granted DICOM service lets a peer do.
+SERVICE_PERMISSIONS: Mapping[Service, Permission] = {
+    Service.ECHO: Permission.ECHO,
+    Service.STORE: Permission.STORE,
+    Service.FIND: Permission.QUERY,
+    Service.GET: Permission.RETRIEVE,
+    Service.MOVE: Permission.MOVE,
+}
+
+#: What each role lets a user do (the studies it sees are the policy's scope).
+ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
+    Role.ADMIN: frozenset(Permission),
+    Role.RADIOLOGIST: frozenset(
+        {
+            Permission.ECHO,
+            Permission.STORE,
+            Permission.QUERY,
+            Permission.RETRIEVE,
+            Permission.MOVE,
+            Permission.EXPORT,
+        }
+    ),
+    Role.REFERRER: frozenset({Permission.ECHO, Permission.QUERY, Permission.RETRIEVE}),
+    Role.UPLOADER: frozenset({Permission.ECHO, Permission.STORE}),
+    Role.AUDITOR: frozenset({Permission.ECHO, Permission.AUDIT}),
+}
+
+#: The operator at this machine's console may do everything (it can read the files).
+OPERATOR_PERMISSIONS = frozenset(Permission)
+
+
+def address_key(address: str) -> str:
+    return f"address:{address}"
+
+
+def account_key(name: str) -> str:
+    return f"account:{name}"
+
+
+def peer_key(name: str) -> str:
+    """The lockout key of a peer that proved itself with its client certificate."""
+    return f"peer:{name}"
+
+
+class PeerDirectory(Protocol):
+    """The registered peers."""
+
+    def by_ae_title(self, ae_title: str) -> Peer | None: ...
+
+
+class ShareDirectory(Protocol):
+    """Studies shared with users, until their expiry."""
+
+    def studies_shared_with(self, user: str) -> list[str]: ...
+
+
+class LockoutCounters(Protocol):
+    """Failure counters and lockouts, shared by every node."""
+
+    def locked(self, *keys: str) -> bool: ...
+
+    def failure(self, *keys: str, reason: str) -> list[str]: ...
+
+
+class AuditSink(Protocol):
+    """Where the policy records decisions (raises AuditUnavailable unless best effort)."""
+
+    def record(
+        self,
+        action: Action,
+        outcome: Outcome,
+        actor: Actor | None,
+        *,
+        detail: str | None = None,
+        best_effort: bool = False,
+    ) -> None: ...
+
+
+class NotPermitted(Exception):
+    """The principal may not do what it asked (the refusal has been audited)."""
 
 
 @dataclass(frozen=True)
 class IdentityClaim:
-    """A user identity negotiation item as received (PS3.7 D.3.3.7)."""
+    """A user identity item as received (PS3.7 D.3.3.7): type, primary, secondary field."""
 
     id_type: int
     primary: bytes
@@ -48,46 +134,177 @@ class IdentityClaim:
 
 
 @dataclass(frozen=True)
-class AssociationDecision:
-    """The outcome of an association request: a peer (and user), or a rejection."""
+class AssociationRequest:
+    """What a DICOM association request asserts, and what the transport established."""
 
-    peer: Peer | None
-    reject: tuple[int, int, int] | None
-    why: str
-    user: User | None = None
-
-    @property
-    def accepted(self) -> bool:
-        return self.reject is None
-
-
-_RJ_CALLED = (REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLED_AE_NOT_RECOGNIZED)
-_RJ_CALLING = (REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AE_NOT_RECOGNIZED)
-_RJ_OTHER = (REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_NO_REASON)
-_RJ_BUSY = (0x02, SOURCE_SERVICE_USER, REASON_NO_REASON)  # rejected transient
+    called_ae: str
+    calling_ae: str
+    address: str
+    tls: TlsInfo | None = None
+    identity: IdentityClaim | None = None
 
 
 class AccessPolicy:
-    """Decides, for every DICOM request, whether the caller may proceed."""
+    """Decides every request, DIMSE and HTTP alike (see the module docstring)."""
 
     def __init__(
         self,
-        peers: PeerRegistry,
-        ae_title: str,
-        audit: AuditTrail,
         *,
-        cleartext_networks: list[str] | None = None,
-        lockout: Lockout | None = None,
+        ae_title: str,
+        peers: PeerDirectory,
+        audit: AuditSink,
         identities: IdentityVerifier | None = None,
+        lockout: LockoutCounters | None = None,
+        shares: ShareDirectory | None = None,
+        cleartext_networks: list[str] | None = None,
     ) -> None:
-        self.peers = peers
         self.ae_title = ae_title
+        self.peers = peers
         self.audit = audit
-        self.lockout = lockout
         self.identities = identities
+        self.lockout = lockout
+        self.shares = shares
         self.cleartext_networks = [
             ipaddress.ip_network(n, strict=False) for n in (cleartext_networks or [])
         ]
+
+    # -- authentication --------------------------------------------------------------------
+
+    def authenticate_association(self, rq: AssociationRequest) -> Principal | Refusal:
+        """Decide on an association request: the principal, or a refusal (logged, audited,
+        counted towards lockout)."""
+        called, calling = rq.called_ae.strip(), rq.calling_ae.strip()
+        outcome, account = self._decide(called, calling, rq)
+        transport = f"TLS {rq.tls.version}" if rq.tls else "cleartext"
+        if isinstance(outcome, Principal):
+            log.info("association accepted: %s over %s", outcome.actor.describe(), transport)
+            try:
+                self.audit.record(Action.ASSOCIATION, Outcome.SUCCESS, outcome.actor,
+                                  detail=f"called {called} over {transport}")  # fmt: skip
+            except AuditUnavailable:
+                # Nothing is served unrecorded: a transient refusal, the peer may retry.
+                return Refusal(RefusalReason.BUSY, "audit trail unavailable")
+            return outcome
+        log.warning(
+            "association rejected: calling %r called %r from %s over %s: %s",
+            calling, called, rq.address, transport, outcome.why,
+        )  # fmt: skip
+        self.audit.record(Action.ASSOCIATION, Outcome.REFUSED, Actor.unknown(rq.address, calling),
+                          detail=outcome.why, best_effort=True)  # fmt: skip
+        # A caller that proved with its certificate which peer it is answers for its own
+        # failures; everybody else's count against the address they come from.
+        proven = self.peers.by_ae_title(calling)
+        source = (
+            peer_key(proven.name)
+            if proven is not None and self.proven_by_certificate(proven, rq.tls)
+            else address_key(rq.address)
+        )
+        self._count_failure(source, account, outcome.why)
+        return outcome
+
+    def _decide(
+        self, called: str, calling: str, rq: AssociationRequest
+    ) -> tuple[Principal | Refusal, str | None]:
+        """The decision, and the account a failed identity check counts against.
+
+        A lockout never changes the answer to an attempt that fails anyway (a locked
+        source learns nothing from its answers). An attempt that would succeed gets
+        the refusal an unknown AE title gets, unless the caller proved it is the peer
+        with a client certificate issued to it: the address lock is aimed at guessers,
+        and must not be a lever against a modality that shares an address with one. A
+        locked account is refused like a wrong passcode.
+        """
+        outcome, account = self._evaluate(called, calling, rq)
+        if self.lockout is None or isinstance(outcome, Refusal):
+            return outcome, account
+        claimed = self._claimed_account(rq.identity)
+        if claimed and self.lockout.locked(account_key(claimed)):
+            return Refusal(RefusalReason.IDENTITY, "account is locked out"), None
+        peer = outcome.peer
+        assert peer is not None
+        if Proof.CERTIFICATE in outcome.proofs:
+            if self.lockout.locked(peer_key(peer.name)):
+                return Refusal(RefusalReason.UNKNOWN_CALLER, "peer is locked out"), None
+        elif self.lockout.locked(address_key(rq.address)):
+            return Refusal(RefusalReason.UNKNOWN_CALLER, "source address is locked out"), None
+        return outcome, account
+
+    def _evaluate(
+        self, called: str, calling: str, rq: AssociationRequest
+    ) -> tuple[Principal | Refusal, str | None]:
+        if called != self.ae_title:
+            return Refusal(RefusalReason.WRONG_RECIPIENT, "called AE title is not ours"), None
+        if rq.tls is None and not self._cleartext_allowed(rq.address):
+            why = "cleartext DICOM from a network not listed in dicom.cleartext_networks"
+            return Refusal(RefusalReason.TRANSPORT, why), None
+        peer = self.peers.by_ae_title(calling)
+        if peer is None:
+            why = "calling AE title is not a registered peer"
+            return Refusal(RefusalReason.UNKNOWN_CALLER, why), None
+        if not peer.matches_address(rq.address):
+            # Same answer as an unknown AE: a guesser must not learn which titles exist.
+            why = f"source address is not the address registered for peer {peer.name}"
+            return Refusal(RefusalReason.UNKNOWN_CALLER, why), None
+        if (why := self._transport(peer, rq.tls)) is not None:
+            return Refusal(RefusalReason.TRANSPORT, f"{why} ({peer.name})"), None
+        user, proof = None, None
+        if rq.identity is not None and self.identities is not None:
+            claim = rq.identity
+            result = self.identities.verify(
+                claim.id_type, claim.primary, claim.secondary, tls=rq.tls is not None
+            )
+            user = result.user
+            if claim.id_type != USERNAME and not result.ok:
+                why = f"user identity refused: {result.reason}"
+                return Refusal(RefusalReason.IDENTITY, why), result.claimed
+            proof = Proof.JWT if claim.id_type == 5 else Proof.PASSCODE
+        if peer.user_identity is IdentityMode.REQUIRED and user is None:
+            why = f"peer {peer.name} requires a verified user identity"
+            return Refusal(RefusalReason.IDENTITY, why), None
+        proofs = {Proof.ADDRESS}
+        if self.proven_by_certificate(peer, rq.tls):
+            proofs.add(Proof.CERTIFICATE)
+        if proof is not None:
+            proofs.add(proof)
+        return self.peer_principal(peer, rq.address, calling, user, frozenset(proofs)), None
+
+    def peer_principal(
+        self,
+        peer: Peer,
+        address: str,
+        calling: str,
+        user: User | None = None,
+        proofs: frozenset[Proof] = frozenset({Proof.ADDRESS}),
+    ) -> Principal:
+        """A registered peer (and the user it vouched for) as a principal.
+
+        It may do what the peer was granted and, with a user, only what the user's role
+        also allows: a workstation's user cannot do more than the workstation.
+        """
+        permissions = frozenset(SERVICE_PERMISSIONS[s] for s in peer.services)
+        if user is not None:
+            permissions &= ROLE_PERMISSIONS[user.role]
+            actor = Actor.of_user(user, address, calling)
+        else:
+            actor = Actor.of_peer(peer, address, calling)
+        return Principal(actor, permissions, proofs, peer, user)
+
+    def user_principal(self, user: User, address: str | None, proof: Proof) -> Principal:
+        """A user who logged in (web) or presented a token, as a principal."""
+        return Principal(
+            Actor.of_user(user, address), ROLE_PERMISSIONS[user.role], frozenset({proof}),
+            None, user,
+        )  # fmt: skip
+
+    @staticmethod
+    def operator(name: str | None = None) -> Principal:
+        """The operator of this machine running a local command."""
+        return Principal(Actor.operator(name), OPERATOR_PERMISSIONS, frozenset({Proof.LOCAL}))
+
+    def _claimed_account(self, identity: IdentityClaim | None) -> str | None:
+        if identity is None or self.identities is None:
+            return None
+        return self.identities.claimed_name(identity.id_type, identity.primary)
 
     def _cleartext_allowed(self, address: str) -> bool:
         ip = ipaddress.ip_address(address)
@@ -111,46 +328,8 @@ class AccessPolicy:
             return "client certificate was not issued to this peer"
         return "client certificate does not match the pinned fingerprint"
 
-    def _decide(
-        self,
-        called: str,
-        calling: str,
-        address: str,
-        tls: TlsInfo | None,
-        identity: IdentityClaim | None,
-    ) -> tuple[AssociationDecision, str | None]:
-        """The decision, and the account a failed identity check counts against.
-
-        A lockout never changes the answer to an attempt that fails anyway (a locked
-        source learns nothing from its answers). An attempt that would succeed gets
-        the refusal an unknown AE title gets, unless the caller proved it is the peer
-        with a client certificate issued to it: the address lock is aimed at
-        guessers, and must not be a lever against a modality that shares an address
-        with one. A locked account is refused like a wrong passcode.
-        """
-        decision, account = self._evaluate(called, calling, address, tls, identity)
-        if self.lockout is None:
-            return decision, account
-        claimed = self._claimed_account(identity)
-        if decision.accepted and claimed and self.lockout.locked(account_key(claimed)):
-            return AssociationDecision(None, _RJ_OTHER, "account is locked out"), None
-        if not decision.accepted:
-            return decision, account
-        peer = decision.peer
-        assert peer is not None
-        if self.proven_by_certificate(peer, tls):
-            if self.lockout.locked(peer_key(peer.name)):
-                return AssociationDecision(None, _RJ_CALLING, "peer is locked out"), None
-        elif self.lockout.locked(address_key(address)):
-            return AssociationDecision(None, _RJ_CALLING, "source address is locked out"), None
-        return decision, account
-
-    def _claimed_account(self, identity: IdentityClaim | None) -> str | None:
-        if identity is None or self.identities is None:
-            return None
-        return self.identities.claimed_name(identity.id_type, identity.primary)
-
-    def proven_by_certificate(self, peer: Peer | None, tls: TlsInfo | None) -> bool:
+    @staticmethod
+    def proven_by_certificate(peer: Peer | None, tls: TlsInfo | None) -> bool:
         """True when *tls* carries a client certificate that identifies *peer* itself."""
         if peer is None or tls is None or tls.peer_cert_der is None:
             return False
@@ -159,90 +338,6 @@ class AccessPolicy:
         if peer.client_cert.startswith("sha256:"):
             return f"sha256:{tls.peer_fingerprint}" == peer.client_cert
         return False
-
-    def _evaluate(
-        self,
-        called: str,
-        calling: str,
-        address: str,
-        tls: TlsInfo | None,
-        identity: IdentityClaim | None,
-    ) -> tuple[AssociationDecision, str | None]:
-        if called != self.ae_title:
-            return AssociationDecision(None, _RJ_CALLED, "called AE title is not ours"), None
-        if tls is None and not self._cleartext_allowed(address):
-            why = "cleartext DICOM from a network not listed in dicom.cleartext_networks"
-            return AssociationDecision(None, _RJ_OTHER, why), None
-        peer = self.peers.by_ae_title(calling)
-        if peer is None:
-            why = "calling AE title is not a registered peer"
-            return AssociationDecision(None, _RJ_CALLING, why), None
-        if not peer.matches_address(address):
-            # Same answer as an unknown AE: a guesser must not learn which titles exist.
-            why = f"source address is not the address registered for peer {peer.name}"
-            return AssociationDecision(None, _RJ_CALLING, why), None
-        if (why := self._transport(peer, tls)) is not None:
-            return AssociationDecision(None, _RJ_OTHER, f"{why} ({peer.name})"), None
-        user = None
-        if identity is not None and self.identities is not None:
-            result = self.identities.verify(
-                identity.id_type, identity.primary, identity.secondary, tls=tls is not None
-            )
-            user = result.user
-            if identity.id_type != USERNAME and not result.ok:
-                why = f"user identity refused: {result.reason}"
-                return AssociationDecision(None, _RJ_OTHER, why), result.claimed
-        if peer.user_identity is IdentityMode.REQUIRED and user is None:
-            why = f"peer {peer.name} requires a verified user identity"
-            return AssociationDecision(None, _RJ_OTHER, why), None
-        return AssociationDecision(peer, None, f"registered peer {peer.name}", user), None
-
-    def check_association(
-        self,
-        called_aet: str,
-        calling_aet: str,
-        address: str,
-        *,
-        tls: TlsInfo | None = None,
-        identity: IdentityClaim | None = None,
-    ) -> AssociationDecision:
-        """Decide on an A-ASSOCIATE-RQ. Refusals are logged (no PHI), audited and counted."""
-        called, calling = called_aet.strip(), calling_aet.strip()
-        decision, account = self._decide(called, calling, address, tls, identity)
-        peer, user = decision.peer, decision.user
-        if user is not None:
-            actor = Actor("user", user.name, address, calling)
-        else:
-            actor = Actor(
-                "peer" if peer else "unknown", peer.name if peer else calling, address, calling
-            )
-        transport = f"TLS {tls.version}" if tls else "cleartext"
-        if decision.accepted:
-            log.info("association accepted: %s over %s", actor.describe(), transport)
-            detail = f"called {called} over {transport}"
-            try:
-                self.audit.record(Action.ASSOCIATION, Outcome.SUCCESS, actor, detail=detail)
-            except AuditUnavailable:
-                # Nothing is served unrecorded: a transient refusal, the peer may retry.
-                return AssociationDecision(None, _RJ_BUSY, "audit trail unavailable")
-            return decision
-        log.warning(
-            "association rejected: calling %r called %r from %s over %s: %s",
-            calling, called, address, transport, decision.why,
-        )  # fmt: skip
-        self.audit.record(
-            Action.ASSOCIATION, Outcome.REFUSED, actor, detail=decision.why, best_effort=True
-        )
-        # A caller that proved with its certificate which peer it is answers for its own
-        # failures; everybody else's count against the address they come from.
-        proven = self.peers.by_ae_title(calling)
-        source = (
-            peer_key(proven.name)
-            if proven is not None and self.proven_by_certificate(proven, tls)
-            else address_key(address)
-        )
-        self._count_failure(source, account, decision.why)
-        return decision
 
     def _count_failure(self, source: str, account: str | None, why: str) -> None:
         if self.lockout is None:
@@ -255,28 +350,50 @@ class AccessPolicy:
         request). Logged and audited; counted towards the address's lockout when *count*
         (bytes that are not DICOM at all, e.g. a port scanner's, are not counted)."""
         log.warning("connection refused from %s: %s", address, why)
-        self.audit.record(
-            Action.ASSOCIATION,
-            Outcome.REFUSED,
-            Actor("unknown", "-", address),
-            detail=why,
-            best_effort=True,
-        )
+        self.audit.record(Action.ASSOCIATION, Outcome.REFUSED, Actor.unknown(address),
+                          detail=why, best_effort=True)  # fmt: skip
         if count:
             self._count_failure(address_key(address), None, why)
 
-    def allows(self, peer: Peer | None, service: Service) -> bool:
-        """True when *peer* was granted *service*."""
-        return peer is not None and service in peer.services
+    # -- authorization ---------------------------------------------------------------------
+
+    def authorize(self, principal: Principal, permission: Permission) -> bool:
+        """True when *principal* may perform *permission*."""
+        return permission in principal.permissions
+
+    def require(self, principal: Principal, permission: Permission, action: Action) -> bool:
+        """Like :meth:`authorize`, and a refusal is logged and audited as *action*."""
+        if self.authorize(principal, permission):
+            return True
+        self.refuse(principal.actor, action, f"{permission.value} not granted")
+        return False
 
     def refuse(self, actor: Actor, action: Action, why: str) -> None:
-        """Record a refused request (a service the peer was not granted, an unknown destination)."""
+        """Record a refused request (a permission not granted, an unknown destination...)."""
         log.warning("request refused: %s: %s", actor.describe(), why)
         self.audit.record(action, Outcome.REFUSED, actor, detail=why, best_effort=True)
 
-    def move_destination(self, peer: Peer, destination_aet: str) -> Peer | None:
-        """The registered destination a C-MOVE from *peer* may send to, or None."""
-        if not self.allows(peer, Service.MOVE):
+    def scope(self, principal: Principal) -> Scope:
+        """The studies *principal* may see: the only place per-study visibility is decided.
+
+        Peers, the operator and every role but ``referrer`` see every study; a referrer
+        sees the studies whose ReferringPhysicianName is linked to its account, and the
+        studies shared with it that have not expired. A principal without a permission
+        to read sees nothing.
+        """
+        readable = {Permission.QUERY, Permission.RETRIEVE, Permission.MOVE, Permission.EXPORT}
+        if not readable & principal.permissions:
+            return Scope.nothing()
+        user = principal.user
+        if user is None or user.role is not Role.REFERRER:
+            return Scope.everything()
+        physicians = tuple(sorted({physician_key(p) for p in user.physicians if p.strip()}))
+        studies = tuple(self.shares.studies_shared_with(user.name)) if self.shares else ()
+        return Scope(False, physicians, studies)
+
+    def move_destination(self, principal: Principal, destination_aet: str) -> Peer | None:
+        """The registered destination a C-MOVE from *principal* may send to, or None."""
+        if not self.authorize(principal, Permission.MOVE):
             return None
         dest = self.peers.by_ae_title(destination_aet)
         if dest is None or not dest.can_receive:

@@ -35,11 +35,11 @@ from pacsvault.dicom.part10 import (
     read_index_dataset,
 )
 from pacsvault.dicom.uids import InvalidUID, is_safe_uid, is_valid_uid, require_uid
-from pacsvault.security.audit import Action, AuditTrail, Outcome
-from pacsvault.security.audit_keys import AuditSigner
-from pacsvault.security.audit_log import CheckpointLog
-from pacsvault.security.identity import Actor
+from pacsvault.security.audit import Action, Outcome
+from pacsvault.security.identity import Actor, Permission, Principal
+from pacsvault.security.policy import AccessPolicy, NotPermitted
 from pacsvault.security.secrets import Pseudonymizer
+from pacsvault.storage.audit import AuditTrail
 from pacsvault.storage.blobstore import BlobStore, StagedBlob
 from pacsvault.storage.index import Index, InstanceRecord, StoredInstance
 from pacsvault.storage.writer import IndexWriter
@@ -61,6 +61,7 @@ class StoreStatus(Enum):
     MISMATCH = "mismatch"  # SOP class/instance differ from the request
     OUT_OF_RESOURCES = "out of resources"  # disk full, index unavailable
     TOO_LARGE = "too large"  # above storage.max_object_size
+    NOT_PERMITTED = "not permitted"  # the caller may not store
 
     @property
     def ok(self) -> bool:
@@ -159,33 +160,23 @@ class Archive:
         self,
         index: Index,
         blobs: BlobStore,
+        audit: AuditTrail,
+        writer: IndexWriter,
+        policy: AccessPolicy,
         *,
-        duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST,
         pseudonyms: Pseudonymizer,
-        audit_signer: AuditSigner | None = None,
-        checkpoint_every: int = 100,
+        duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST,
         max_object_size: int = DEFAULT_MAX_OBJECT_SIZE,
-        checkpoint_log: CheckpointLog | None = None,
     ) -> None:
         self.index = index
-        self.max_object_size = max_object_size
         self.blobs = blobs
-        self.duplicate_policy = duplicate_policy
+        self.audit = audit
+        self.writer = writer
+        self.policy = policy
         self.pseudonyms = pseudonyms
-        self.writer = IndexWriter(index.engine)
-        self.audit = AuditTrail(
-            index,
-            self.writer.submit,
-            signer=audit_signer,
-            checkpoint_every=checkpoint_every,
-            checkpoint_log=checkpoint_log,
-        )
+        self.duplicate_policy = duplicate_policy
+        self.max_object_size = max_object_size
         self._locks = [threading.Lock() for _ in range(self._LOCK_STRIPES)]
-
-    def close(self) -> None:
-        """Sign the audit head (a clean stop), then finish pending index writes."""
-        self.audit.close()
-        self.writer.stop()
 
     def _lock(self, sop_instance_uid: str) -> threading.Lock:
         return self._locks[hash(sop_instance_uid) % self._LOCK_STRIPES]
@@ -194,7 +185,7 @@ class Archive:
 
     def receive(
         self,
-        actor: Actor,
+        principal: Principal,
         transfer_syntax: str,
         *,
         sop_class: str | None = None,
@@ -209,12 +200,13 @@ class Archive:
         """
         header = b""
         if is_safe_uid(sop_class) and is_safe_uid(sop_instance) and is_safe_uid(transfer_syntax):
-            header = file_header(sop_class, sop_instance, transfer_syntax, actor.ae_title)  # type: ignore[arg-type]
+            aet = principal.actor.ae_title
+            header = file_header(sop_class, sop_instance, transfer_syntax, aet)  # type: ignore[arg-type]
         return Incoming(self.blobs.stage(), header, self.max_object_size)
 
     def store(
         self,
-        actor: Actor,
+        principal: Principal,
         dataset: bytes,
         transfer_syntax: str,
         *,
@@ -223,10 +215,10 @@ class Archive:
         action: Action = Action.STORE,
     ) -> StoreResult:
         """Store one dataset held in memory (bytes without file meta) in *transfer_syntax*."""
-        incoming = self.receive(actor, transfer_syntax)
+        incoming = self.receive(principal, transfer_syntax)
         incoming.write(dataset)
         return self.store_incoming(
-            actor,
+            principal,
             incoming,
             transfer_syntax,
             expected_sop_class=expected_sop_class,
@@ -236,7 +228,7 @@ class Archive:
 
     def store_incoming(
         self,
-        actor: Actor,
+        principal: Principal,
         incoming: Incoming,
         transfer_syntax: str,
         *,
@@ -250,11 +242,15 @@ class Archive:
         that kept nothing. Never raises for bad input; the staged data is always
         published or dropped.
         """
+        actor = principal.actor
         try:
-            result = self._store(
-                actor, incoming, transfer_syntax, expected_sop_class, expected_sop_instance,
-                action,
-            )  # fmt: skip
+            if not self.policy.authorize(principal, Permission.STORE):
+                result = StoreResult(StoreStatus.NOT_PERMITTED, "store not permitted")
+            else:
+                result = self._store(
+                    actor, incoming, transfer_syntax, expected_sop_class, expected_sop_instance,
+                    action,
+                )  # fmt: skip
         finally:
             incoming.discard()
         if result.status not in (StoreStatus.STORED, StoreStatus.REPLACED):
@@ -451,7 +447,7 @@ class Archive:
 
     def find(
         self,
-        actor: Actor,
+        principal: Principal,
         level: Level,
         conditions: list[tuple[IndexAttribute, Condition]],
         *,
@@ -459,36 +455,51 @@ class Archive:
         limit: int | None = None,
         offset: int = 0,
     ) -> Iterator[Mapping[str, Any]]:
-        """Stream index rows of *level* matching *conditions*, after auditing the query.
+        """Stream the rows of *level* matching *conditions* within the principal's scope,
+        after auditing the query.
 
-        The audit record names the level and the keys used for matching, never their
-        values (a name typed into a query is itself PHI).
+        Raises :class:`NotPermitted` (audited) without the query permission, and
+        AuditUnavailable when the record cannot be written. The audit record names the
+        level and the keys used for matching, never their values (a name typed into a
+        query is itself PHI).
         """
+        self._require(principal, Permission.QUERY, Action.QUERY)
+        scope = self.policy.scope(principal)
         used = ",".join(sorted({a.keyword for a, _ in conditions}))
         requested = ",".join(sorted(set(keys)))
         self.audit.record(
             Action.QUERY,
             Outcome.SUCCESS,
-            actor,
+            principal.actor,
             detail=f"level={level.value} matching={used or '-'} return={requested or '-'}",
         )
-        return self.index.query(level, conditions, limit=limit, offset=offset)
+        return self.index.query(level, conditions, scope=scope, limit=limit, offset=offset)
+
+    def _require(self, principal: Principal, permission: Permission, action: Action) -> None:
+        if not self.policy.require(principal, permission, action):
+            raise NotPermitted(f"{permission.value} not permitted")
 
     # -- retrieve -------------------------------------------------------------------------
 
-    def locate(
+    def retrieve(
         self,
-        actor: Actor,
+        principal: Principal,
         level: Level,
         conditions: list[tuple[IndexAttribute, Condition]],
         *,
         destination: str | None = None,
     ) -> list[StoredInstance]:
-        """The instances a retrieve at *level* selects; audits its start, one record per study.
+        """The instances within the principal's scope that a retrieve at *level* selects;
+        audits its start, one record per study.
 
-        Raises when the audit record cannot be written: no retrieve starts unrecorded.
+        *destination* names the peer a C-MOVE sends to (it needs the move permission).
+        Raises :class:`NotPermitted` (audited), and AuditUnavailable when the record
+        cannot be written: no retrieve starts unrecorded.
         """
-        found = self.index.instances_for(level, conditions)
+        permission = Permission.MOVE if destination else Permission.RETRIEVE
+        self._require(principal, permission, Action.RETRIEVE)
+        actor = principal.actor
+        found = self.index.instances_for(level, conditions, scope=self.policy.scope(principal))
         per_study: dict[tuple[str, str], int] = {}
         for inst in found:
             key = (inst.study_instance_uid, inst.patient_id)
@@ -506,9 +517,10 @@ class Archive:
         return found
 
     def retrieved(
-        self, actor: Actor, outcome: RetrieveOutcome, *, destination: str | None = None
+        self, principal: Principal, outcome: RetrieveOutcome, *, destination: str | None = None
     ) -> None:
         """Record what a retrieve actually sent, per study, when it ends."""
+        actor = principal.actor
         to = f" to {destination}" if destination else ""
         for (study_uid, patient_id), (completed, failed, warning) in outcome.items():
             self.audit.record(
@@ -521,8 +533,11 @@ class Archive:
                 best_effort=True,  # what it describes has happened; the start was recorded
             )
 
-    def open(self, inst: StoredInstance) -> BinaryIO:
-        """Open a stored instance's Part-10 file."""
+    def open(self, principal: Principal, inst: StoredInstance) -> BinaryIO:
+        """Open the Part-10 object of an instance :meth:`retrieve` gave *principal*.
+
+        The retrieve audited the access and applied the scope; this only reads.
+        """
         return self.blobs.open(inst.blob_key)
 
     def statistics(self) -> dict[str, int]:

@@ -29,6 +29,7 @@ from sqlalchemy import (
     create_engine,
     event,
     exists,
+    false,
     func,
     or_,
     select,
@@ -38,6 +39,7 @@ from sqlalchemy.sql import ColumnElement, Select
 
 from pacsvault.dicom.attributes import ATTRIBUTES, IndexAttribute, Kind, Level
 from pacsvault.dicom.matching import AnyOf, Condition, Exact, Range, Wildcard, fold
+from pacsvault.security.identity import Scope
 from pacsvault.storage import migrations
 from pacsvault.storage import schema as s
 
@@ -225,6 +227,9 @@ _COUNT_PATIENT = (
         + bindparam("new_study"),
     )
 )
+
+
+_EVERYTHING = Scope.everything()
 
 
 class Index:
@@ -432,11 +437,35 @@ class Index:
         ]
         return exists(sub.where(or_(*matchers)))
 
+    def _scope_clause(self, scope: Scope, level: Level) -> ColumnElement[bool] | None:
+        """The condition a study must meet to be within *scope* (None: no restriction).
+
+        At the patient level, a patient is visible when one of its studies is.
+        """
+        if scope.unrestricted:
+            return None
+        if scope.empty:
+            return false()
+        st = s.studies
+        parts: list[ColumnElement[bool]] = []
+        if scope.physicians:
+            # The stored fold keeps trailing empty components ("smith^john^^"); the
+            # scope's keys are without them (see physician_key).
+            name = func.rtrim(st.c.referring_physician_name_fold, "^= ")
+            parts.append(name.in_(scope.physicians))
+        if scope.studies:
+            parts.append(st.c.study_instance_uid.in_(scope.studies))
+        visible = or_(*parts)
+        if level is Level.PATIENT:
+            return exists(select(st.c.pk).where(st.c.patient_pk == s.patients.c.pk, visible))
+        return visible
+
     def query(
         self,
         level: Level,
         conditions: Iterable[tuple[IndexAttribute, Condition]],
         *,
+        scope: Scope = _EVERYTHING,
         limit: int | None = None,
         offset: int = 0,
     ) -> Iterator[Mapping[str, Any]]:
@@ -459,6 +488,9 @@ class Index:
         for attr, cond in conditions:
             if attr.level.depth <= level.depth:
                 stmt = stmt.where(self._clause(attr, cond, level))
+        visible = self._scope_clause(scope, level)
+        if visible is not None:
+            stmt = stmt.where(visible)
         stmt = stmt.order_by(s.LEVEL_TABLES[level].c.pk)
         if limit is not None:
             stmt = stmt.limit(limit)
@@ -469,13 +501,21 @@ class Index:
             yield from result.mappings()
 
     def instances_for(
-        self, level: Level, conditions: Iterable[tuple[IndexAttribute, Condition]]
+        self,
+        level: Level,
+        conditions: Iterable[tuple[IndexAttribute, Condition]],
+        *,
+        scope: Scope = _EVERYTHING,
     ) -> list[StoredInstance]:
-        """Every stored instance under the entities of *level* matching the conditions."""
+        """Every stored instance within *scope* under the entities of *level* matching the
+        conditions."""
         stmt = self._instance_select()
         for attr, cond in conditions:
             if attr.level.depth <= level.depth:
                 stmt = stmt.where(self._clause(attr, cond, level))
+        visible = self._scope_clause(scope, Level.IMAGE)
+        if visible is not None:
+            stmt = stmt.where(visible)
         stmt = stmt.order_by(s.instances.c.pk)
         with self.engine.connect() as conn:
             return [_stored(r) for r in conn.execute(stmt).mappings()]

@@ -197,8 +197,38 @@ def _to_v2(conn: Connection) -> None:
         conn.execute(text(ddl))
 
 
+# -- migration 3: roles of the access policy, referrers' physician links, shared studies ----
+
+_V3_TABLES = (
+    "CREATE TABLE user_physicians (user_name VARCHAR(64) NOT NULL REFERENCES users (name) "
+    "ON DELETE CASCADE, physician_key TEXT NOT NULL, physician TEXT NOT NULL, "
+    "created_at FLOAT NOT NULL, PRIMARY KEY (user_name, physician_key))",
+    "CREATE TABLE shares (id INTEGER NOT NULL PRIMARY KEY, study_instance_uid VARCHAR(64) "
+    "NOT NULL, user_name VARCHAR(64) NOT NULL REFERENCES users (name) ON DELETE CASCADE, "
+    "created_at FLOAT NOT NULL, expires_at FLOAT, created_by TEXT NOT NULL)",
+    "CREATE INDEX ix_shares_user_name ON shares (user_name)",
+)
+#: Schema 2's roles that the access policy renamed.
+_V3_ROLES = {"physician": "referrer", "technologist": "uploader"}
+
+
+def _to_v3(conn: Connection) -> None:
+    """Schema 3: user_physicians and shares tables; physician/technologist roles renamed."""
+    if conn.dialect.name == "postgresql":
+        ddl = [d.replace("id INTEGER NOT NULL PRIMARY KEY", "id SERIAL PRIMARY KEY")
+               for d in _V3_TABLES]  # fmt: skip
+    else:
+        ddl = list(_V3_TABLES)
+    for statement in ddl:
+        conn.execute(text(statement))
+    for old, new in _V3_ROLES.items():
+        rename = text("UPDATE users SET role = :new WHERE role = :old")
+        conn.execute(rename, {"new": new, "old": old})
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "a patient is PatientID + IssuerOfPatientID; studies keep their own copy", _to_v2),
+    Migration(3, "access policy roles, referrer physician links, shared studies", _to_v3),
 )
 assert [m.version for m in MIGRATIONS] == list(range(2, s.SCHEMA_VERSION + 1))
 

@@ -33,7 +33,7 @@ from sqlalchemy import (
 
 from pacsvault.dicom.attributes import ATTRIBUTES, PATIENT_ATTRIBUTES, IndexAttribute, Kind, Level
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # The patient-level attributes every study keeps a copy of (all but the derived counts).
 PATIENT_COPY: list[IndexAttribute] = [a for a in PATIENT_ATTRIBUTES if not a.derived]
@@ -150,6 +150,34 @@ users = Table(
     Column("disabled", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+)
+
+# A referrer's links: the ReferringPhysicianName values whose studies it may read.
+user_physicians = Table(
+    "user_physicians",
+    metadata,
+    Column("user_name", String(64), ForeignKey("users.name", ondelete="CASCADE"), primary_key=True),
+    Column("physician_key", Text, primary_key=True),  # case-folded, see physician_key()
+    Column("physician", Text, nullable=False),  # as entered
+    Column("created_at", Float, nullable=False),
+)
+
+# Studies shared with a user, until they expire.
+shares = Table(
+    "shares",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_instance_uid", String(64), nullable=False),
+    Column(
+        "user_name",
+        String(64),
+        ForeignKey("users.name", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float),  # None: until revoked
+    Column("created_by", Text, nullable=False),
 )
 
 lockout_failures = Table(

@@ -11,27 +11,15 @@ import logging
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import Connection, delete, func, insert, select
 
-from pacsvault.security.audit import Action, AuditTrail, Outcome
+from pacsvault.security.audit import Action, Outcome
 from pacsvault.security.identity import Actor
 from pacsvault.storage import schema as s
+from pacsvault.storage.audit import AuditTrail
 from pacsvault.storage.index import Index, write_transaction
 
 log = logging.getLogger("pacsvault.lockout")
-
-
-def address_key(address: str) -> str:
-    return f"address:{address}"
-
-
-def account_key(name: str) -> str:
-    return f"account:{name}"
-
-
-def peer_key(name: str) -> str:
-    """The lockout key of a peer that proved itself with its client certificate."""
-    return f"peer:{name}"
 
 
 @dataclass(frozen=True)
@@ -119,13 +107,14 @@ class Lockout:
             rows = conn.execute(select(s.lockouts).where(s.lockouts.c.until > now)).mappings().all()
         return [LockoutEntry(r["key"], r["until"], r["reason"]) for r in rows]
 
-    def clear(self, key: str | None = None) -> int:
-        """Lift the lockout of *key* (all lockouts when None) and forget its failures."""
-        with write_transaction(self.index.engine) as conn:
-            q = delete(s.lockouts)
-            f = delete(s.lockout_failures)
-            if key is not None:
-                q = q.where(s.lockouts.c.key == key)
-                f = f.where(s.lockout_failures.c.key == key)
-            conn.execute(f)
-            return conn.execute(q).rowcount
+    @staticmethod
+    def clear(conn: Connection, key: str | None = None) -> int:
+        """Lift the lockout of *key* (all lockouts when None) and forget its failures,
+        inside the caller's transaction (see storage.admin); how many were lifted."""
+        q = delete(s.lockouts)
+        f = delete(s.lockout_failures)
+        if key is not None:
+            q = q.where(s.lockouts.c.key == key)
+            f = f.where(s.lockout_failures.c.key == key)
+        conn.execute(f)
+        return int(conn.execute(q).rowcount)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pacsvault.security.audit import Action, AuditTrail, Outcome
-from pacsvault.security.identity import Actor, local_operator
+from pacsvault.security.audit import Action, Outcome
+from pacsvault.security.identity import Actor, Principal
 from pacsvault.site import Site, open_site
+from pacsvault.storage.audit import AuditTrail
 from pacsvault.storage.fsck import Kind, Repair, Report, check, repair
 
 log = logging.getLogger("pacsvault.fsck")
@@ -63,7 +64,7 @@ def audit_repair(audit: AuditTrail, actor: Actor, fixed: Repair) -> None:
     audit.record(Action.FSCK, outcome, actor, detail=detail)
 
 
-def check_at_startup(site: Site, actor: Actor) -> None:
+def check_at_startup(site: Site, operator: Principal) -> None:
     """The quick check ``serve`` runs before listening: audited, a warning when not clean.
 
     Never raises and never stops the server: a problem is logged with its counts
@@ -74,7 +75,7 @@ def check_at_startup(site: Site, actor: Actor) -> None:
     except Exception as exc:
         log.warning("start-up consistency check could not run: %s", type(exc).__name__)
         return
-    audit_check(site.archive.audit, actor, report)
+    audit_check(site.audit, operator.actor, report)
     if not report.ok:
         log.warning(
             "blob store and index disagree (%s); run 'pacsvault fsck' for details",
@@ -84,23 +85,20 @@ def check_at_startup(site: Site, actor: Actor) -> None:
 
 def cmd_fsck(args: argparse.Namespace) -> int:
     """Check (and with --repair, quarantine orphans); 1 while any problem remains, else 0."""
-    site = open_site(args.data_dir)
-    actor = local_operator()
-    try:
+    with open_site(args.data_dir) as site:
+        actor = site.operator().actor
         report = check(site.index, site.blobs, quick=args.quick)
-        audit_check(site.archive.audit, actor, report)
+        audit_check(site.audit, actor, report)
         print("\n".join(report_lines(report)), flush=True)
         remaining = len(report.problems)
         if args.repair:
             fixed = repair(site.index, site.blobs, report)
-            audit_repair(site.archive.audit, actor, fixed)
+            audit_repair(site.audit, actor, fixed)
             print("\n".join(repair_lines(fixed)))
             remaining -= len(fixed.moved)
             if len(report.problems) > report.count(Kind.ORPHAN):
                 print("missing, damaged and unreadable blobs are reported only: restore them "
                       "from a backup")  # fmt: skip
-    finally:
-        site.close()
     return 1 if remaining else 0
 
 

@@ -13,15 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
+from pacsvault.cli.base import CommandError
 from pacsvault.security.audit import Action, Outcome
 from pacsvault.security.audit_log import LogContents, read_copy
 from pacsvault.security.audit_message import audit_message
-from pacsvault.security.audit_verify import Evidence, Verdict, check, read_trail
-from pacsvault.security.identity import local_operator
-from pacsvault.security.secrets import pseudonymizer
-from pacsvault.storage import schema as s
+from pacsvault.security.audit_verify import Evidence, Verdict, check
+from pacsvault.site import Site, open_site
+from pacsvault.storage.audit import AuditQuery
 
 
 def _time(text: str) -> float:
@@ -40,27 +38,21 @@ def _iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
 
 
-def _search(args: argparse.Namespace, site: Any) -> list[dict[str, Any]]:
-    a = s.audit_events
-    q = select(a).order_by(a.c.seq)
-    if getattr(args, "user", None):
-        q = q.where(a.c.actor == f"user:{args.user}")
-    if getattr(args, "peer", None):
-        q = q.where(a.c.actor == f"peer:{args.peer}")
-    if getattr(args, "patient", None):
-        q = q.where(a.c.patient_ref == pseudonymizer(args.data_dir).ref(args.patient))
-    if getattr(args, "study", None):
-        q = q.where(a.c.study_uid == args.study)
-    if getattr(args, "action", None):
-        q = q.where(a.c.action == args.action)
-    if getattr(args, "outcome", None):
-        q = q.where(a.c.outcome == args.outcome)
-    if getattr(args, "since", None):
-        q = q.where(a.c.time >= args.since)
-    if getattr(args, "until", None):
-        q = q.where(a.c.time <= args.until)
-    with site.index.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(q).mappings()]
+def _search(args: argparse.Namespace, site: Site) -> list[dict[str, Any]]:
+    """The records matching the command line's filters, in chain order."""
+    patient = getattr(args, "patient", None)
+    return site.audit.search(
+        AuditQuery(
+            user=getattr(args, "user", None),
+            peer=getattr(args, "peer", None),
+            patient_ref=site.archive.pseudonyms.ref(patient) if patient else None,
+            study=getattr(args, "study", None),
+            action=getattr(args, "action", None),
+            outcome=getattr(args, "outcome", None),
+            since=getattr(args, "since", None),
+            until=getattr(args, "until", None),
+        )
+    )
 
 
 def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -77,17 +69,16 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
         )))  # fmt: skip
 
 
-def _verify(site: Any, copies: list[LogContents]) -> Verdict:
+def _verify(site: Site, copies: list[LogContents]) -> Verdict:
     """Check the trail against the local checkpoint log and *copies* (see audit_verify).
 
     The log is read before the index and the liveness of writers checked after, so a
     process writing meanwhile cannot make an honest trail look tampered with.
     """
-    audit = site.archive.audit
+    audit = site.audit
     log = audit.log
     local = log.read()
-    with site.index.engine.connect() as conn, conn.begin():
-        trail = read_trail(conn)
+    trail = audit.read_trail()
     evidence = Evidence(local, copies, log.writers_alive(), log.size() != local.size)
     return check(trail, audit.signer, evidence)
 
@@ -106,9 +97,9 @@ def _print_verdict(verdict: Verdict) -> None:
         print(f"audit trail NOT intact: {len(verdict.problems)} problem(s)")
 
 
-def _export_checkpoints(site: Any, out_path: str | None) -> int:
+def _export_checkpoints(site: Site, out_path: str | None) -> int:
     """Write the checkpoint log's complete lines to *out_path* (0600) or stdout."""
-    text = site.archive.audit.log.complete_text()
+    text = site.audit.log.complete_text()
     if out_path:
         fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -120,71 +111,79 @@ def _export_checkpoints(site: Any, out_path: str | None) -> int:
     return text.count("\n")
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
-    from pacsvault.site import open_site
-
-    copies: list[LogContents] = []
+def _copies(args: argparse.Namespace) -> list[LogContents]:
+    copies = []
     for path in getattr(args, "checkpoints", None) or []:
         try:
             copies.append(read_copy(path))
         except OSError as exc:
-            print(f"pacsvault: cannot read {path}: {exc.strerror}", file=sys.stderr)
-            return 2
-    site = open_site(args.data_dir)
-    actor = local_operator()
-    try:
-        if args.audit_cmd == "verify":
-            verdict = _verify(site, copies)
-            # Best effort: a damaged trail may refuse new records, and verify is the tool
-            # that says what is wrong with it.
-            site.archive.audit.record(
-                Action.AUDIT_USE, Outcome.SUCCESS, actor,
-                detail=f"verify: {'intact' if verdict.intact else 'problems found'}"
-                f"{f' (+{len(copies)} checkpoint copies)' if copies else ''}",
-                best_effort=True,
-            )  # fmt: skip
-            _print_verdict(verdict)
-            return 0 if verdict.intact else 1
-        if args.audit_cmd == "export-checkpoints":
-            lines = _export_checkpoints(site, args.out)
-            site.archive.audit.record(
-                Action.EXPORT, Outcome.SUCCESS, actor, detail=f"checkpoint log: {lines} lines"
-            )
-            if args.out:
-                print(f"{lines} checkpoint log lines written to {args.out}")
-            return 0
-        if args.audit_cmd in ("search", "who-accessed"):
-            rows = _search(args, site)
-            if args.audit_cmd == "who-accessed":
-                rows = [r for r in rows if r["action"] in ("store", "import", "retrieve",
-                        "view", "export", "delete")]  # fmt: skip
-            # The patient ID itself is never written down, only that a lookup happened.
-            used = [k for k in ("user", "peer", "patient", "study", "action", "outcome",
-                                "since", "until") if getattr(args, k, None)]  # fmt: skip
-            site.archive.audit.record(
-                Action.AUDIT_USE, Outcome.SUCCESS, actor,
-                detail=f"{args.audit_cmd} by {','.join(used) or 'nothing'}: {len(rows)} records",
-            )  # fmt: skip
-            _print(rows, getattr(args, "json", False))
-            return 0
-        # export
+            raise CommandError(f"cannot read {path}: {exc.strerror}") from None
+    return copies
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    copies = _copies(args)
+    with open_site(args.data_dir) as site:
+        verdict = _verify(site, copies)
+        # Best effort: a damaged trail may refuse new records, and verify is the tool
+        # that says what is wrong with it.
+        site.audit.record(
+            Action.AUDIT_USE, Outcome.SUCCESS, site.operator().actor,
+            detail=f"verify: {'intact' if verdict.intact else 'problems found'}"
+            f"{f' (+{len(copies)} checkpoint copies)' if copies else ''}",
+            best_effort=True,
+        )  # fmt: skip
+    _print_verdict(verdict)
+    return 0 if verdict.intact else 1
+
+
+def cmd_export_checkpoints(args: argparse.Namespace) -> int:
+    with open_site(args.data_dir) as site:
+        lines = _export_checkpoints(site, args.out)
+        site.audit.record(Action.EXPORT, Outcome.SUCCESS, site.operator().actor,
+                          detail=f"checkpoint log: {lines} lines")  # fmt: skip
+    if args.out:
+        print(f"{lines} checkpoint log lines written to {args.out}")
+    return 0
+
+
+#: The actions that disclose patient data, for an accounting of disclosures.
+DISCLOSURES = ("store", "import", "retrieve", "view", "export", "delete")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """``audit search`` and ``audit who-accessed`` (disclosures of one patient)."""
+    with open_site(args.data_dir) as site:
         rows = _search(args, site)
+        if args.audit_cmd == "who-accessed":
+            rows = [r for r in rows if r["action"] in DISCLOSURES]
+        # The patient ID itself is never written down, only that a lookup happened.
+        used = [k for k in ("user", "peer", "patient", "study", "action", "outcome",
+                            "since", "until") if getattr(args, k, None)]  # fmt: skip
+        site.audit.record(
+            Action.AUDIT_USE, Outcome.SUCCESS, site.operator().actor,
+            detail=f"{args.audit_cmd} by {','.join(used) or 'nothing'}: {len(rows)} records",
+        )  # fmt: skip
+    _print(rows, getattr(args, "json", False))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with open_site(args.data_dir) as site:
+        rows = _search(args, site)
+        site.audit.record(Action.EXPORT, Outcome.SUCCESS, site.operator().actor,
+                          detail=f"audit export: {len(rows)} messages")  # fmt: skip
         source = site.settings.dicom.ae_title
-        out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
-        try:
-            for row in rows:
-                out.write(audit_message(row, source) + "\n")
-        finally:
-            if args.out:
-                out.close()
-        site.archive.audit.record(
-            Action.EXPORT, Outcome.SUCCESS, actor, detail=f"audit export: {len(rows)} messages"
-        )
-        if args.out:
-            print(f"{len(rows)} audit messages written to {args.out}")
-        return 0
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    try:
+        for row in rows:
+            out.write(audit_message(row, source) + "\n")
     finally:
-        site.close()
+        if args.out:
+            out.close()
+    if args.out:
+        print(f"{len(rows)} audit messages written to {args.out}")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -199,11 +198,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="also check against this copy of the checkpoint log (an export-checkpoints "
         "file, or the AUDIT-CHECKPOINT messages a syslog collector received); repeatable",
     )  # fmt: skip
+    v.set_defaults(func=cmd_verify)
     x = audit_sub.add_parser(
         "export-checkpoints", parents=[common],
         help="copy the checkpoint log (to keep off this machine)",
     )  # fmt: skip
     x.add_argument("--out", metavar="FILE", help="write to FILE (mode 0600) instead of stdout")
+    x.set_defaults(func=cmd_export_checkpoints)
 
     def filters(q: argparse.ArgumentParser, patient_required: bool = False) -> None:
         q.add_argument("--patient", metavar="ID", required=patient_required,
@@ -219,13 +220,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     q = audit_sub.add_parser("search", parents=[common], help="find audit records")
     filters(q)
     q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_search)
     w = audit_sub.add_parser("who-accessed", parents=[common],
                              help="accounting of disclosures for one patient")  # fmt: skip
     filters(w, patient_required=True)
     w.add_argument("--json", action="store_true")
+    w.set_defaults(func=cmd_search)
     e = audit_sub.add_parser(
         "export", parents=[common], help="DICOM audit messages (PS3.15 A.5 XML), one per line"
     )
     filters(e)
     e.add_argument("--out", metavar="FILE")
-    p.set_defaults(func=cmd_audit)
+    e.set_defaults(func=cmd_export)

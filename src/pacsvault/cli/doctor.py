@@ -92,11 +92,8 @@ def _table(checks: list[Check]) -> str:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from pacsvault.site import open_site
 
-    site = open_site(args.data_dir)
-    try:
+    with open_site(args.data_dir) as site:
         checks = check_settings(site.settings, args.data_dir) + check_peers(site.peers.list())
-    finally:
-        site.close()
     checks += probe_listeners(site.settings)
     print(_table(checks))
     failing = [c for c in checks if not c.ok]

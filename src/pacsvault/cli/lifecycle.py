@@ -1,0 +1,194 @@
+"""``pacsvault init``, ``serve``, ``status`` and ``tls export-ca``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from pacsvault import __version__
+from pacsvault.cli.base import CommandError, Subparsers
+from pacsvault.config import Settings, is_loopback, load_settings
+from pacsvault.security.audit import Action, Outcome
+from pacsvault.security.tls import expiry_note
+from pacsvault.site import Site, init_site, open_site
+
+log = logging.getLogger("pacsvault")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    with init_site(args.data_dir, args.aet) as site:
+        s = site.settings.dicom
+        site.audit.record(Action.SETTINGS_CHANGE, Outcome.SUCCESS, site.operator().actor,
+                          detail="init")  # fmt: skip
+    print(f"Initialised {args.data_dir}")
+    print(f"  AE title {s.ae_title}, DICOM on {s.bind}:{s.port} (loopback until you change 'bind')")
+    print("  No peers are registered: nobody can connect until you run 'pacsvault peer add'.")
+    return 0
+
+
+def _serve_settings(args: argparse.Namespace) -> Settings:
+    """The settings file with the command line's overrides, validated for exposure."""
+    settings = load_settings(args.data_dir)
+    dicom = settings.dicom
+    if args.bind is not None:
+        dicom.bind = args.bind
+    if args.dicom_port is not None:
+        dicom.port = args.dicom_port
+    if args.tls_port is not None:
+        settings.tls.port = args.tls_port
+    settings.dicom = dicom = type(dicom).model_validate(dicom.model_dump())  # re-validate
+    if dicom.cleartext and not is_loopback(dicom.bind):
+        if not dicom.cleartext_networks:
+            raise CommandError(
+                f"refusing to serve cleartext DICOM on non-loopback address {dicom.bind}: use "
+                "DICOM-TLS only (dicom.cleartext = false) or list the networks allowed to use "
+                "cleartext in dicom.cleartext_networks"
+            )
+        log.warning("cleartext DICOM on %s, allowed from %s only", dicom.bind,
+                    ", ".join(dicom.cleartext_networks))  # fmt: skip
+    return settings
+
+
+def _tls_context(site: Site):  # type: ignore[no-untyped-def]
+    if not site.settings.tls.enabled:
+        return None
+    try:
+        note = expiry_note(site.tls_files()[0])
+        if "WARNING" in note or "EXPIRED" in note:
+            log.warning("DICOM-TLS server certificate %s", note)
+        return site.tls_context()
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cannot load the TLS certificate and key: {exc}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pacsvault.cli.fsck import check_at_startup
+    from pacsvault.dimse.server import DicomServer
+
+    settings = _serve_settings(args)
+    with open_site(args.data_dir, settings) as site:
+        tls = _tls_context(site)
+        if not settings.dicom.cleartext and tls is None:
+            raise CommandError("no listener: both cleartext DICOM and TLS are disabled")
+        operator = site.operator()
+        site.audit.begin_run("serve")  # the start marker of this run in the checkpoint log
+        site.blobs.clean_staging()  # what a crash left half-written
+        check_at_startup(site, operator)  # warns (never refuses) when blobs and index disagree
+        server = DicomServer(settings.dicom, site.archive, site.policy, tls=tls,
+                             tls_port=settings.tls.port if tls else None)  # fmt: skip
+        try:
+            server.start()
+        except OSError as exc:
+            server.stop()
+            raise CommandError(f"cannot listen on {settings.dicom.bind}: {exc.strerror}") from None
+        forwarder = None
+        if settings.audit.syslog_host:
+            from pacsvault.security.audit_forward import AuditForwarder
+
+            forwarder = AuditForwarder(site.audit, settings.audit, settings.dicom.ae_title,
+                                       site.audit.log)  # fmt: skip
+            forwarder.start()
+        listeners = ", ".join(
+            f"{host}:{port} ({'TLS' if kind == 'dicom-tls' else 'cleartext'})"
+            for kind, host, port in server.listeners
+        )
+        site.audit.record(Action.APPLICATION_START, Outcome.SUCCESS, operator.actor,
+                          detail=f"listening on {listeners}")  # fmt: skip
+        ae = settings.dicom.ae_title
+        print(f"pacsvault {__version__}: DICOM AE '{ae}' listening on {listeners}", flush=True)
+        _wait_for_signal()
+        server.stop()
+        site.audit.record(Action.APPLICATION_STOP, Outcome.SUCCESS, operator.actor)
+        site.audit.close()  # the final checkpoint: this shutdown was clean
+        if forwarder is not None:
+            forwarder.stop()
+    print("pacsvault stopped", flush=True)
+    return 0
+
+
+def _wait_for_signal() -> None:
+    """Block until SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    while not stop.wait(0.5):
+        pass
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print counts, listeners, peers and lockouts; never a patient's name or ID."""
+    with open_site(args.data_dir) as site:
+        stats = site.archive.statistics()
+        d, t = site.settings.dicom, site.settings.tls
+        print(f"data directory: {args.data_dir}")
+        for key in ("patients", "studies", "series", "instances"):
+            print(f"{key}: {stats[key]}")
+        print(f"bytes: {stats['bytes']}")
+        # Studies whose patient name or birth date differs from their PatientID's first study.
+        print(f"patient identity conflicts: {site.index.identity_conflicts()}")
+        if d.cleartext:
+            exposure = (
+                "loopback only"
+                if is_loopback(d.bind)
+                else f"cleartext allowed from {', '.join(d.cleartext_networks)}"
+            )
+            print(f"DICOM listener: AE {d.ae_title} on {d.bind}:{d.port} ({exposure})")
+        else:
+            print("DICOM listener: cleartext disabled")
+        if t.enabled:
+            cert, _key = site.tls_files()
+            try:
+                note = expiry_note(cert)
+            except (OSError, ValueError):
+                note = "certificate missing or unreadable"
+            print(f"DICOM-TLS listener: AE {d.ae_title} on {d.bind}:{t.port}; certificate {note}")
+        else:
+            print("DICOM-TLS listener: disabled")
+        print(f"peers: {len(site.peers.list())}, users: {len(site.users.list())}")
+        locked = site.lockout.entries()
+        if locked:
+            print(f"locked out: {', '.join(e.key for e in locked)}")
+    return 0
+
+
+def cmd_export_ca(args: argparse.Namespace) -> int:
+    with open_site(args.data_dir) as site:
+        if not site.ca.exists():
+            raise CommandError("this site has no local CA")
+        data = site.ca.cert_path.read_bytes()
+    if args.out:
+        Path(args.out).write_bytes(data)
+        print(f"CA certificate written to {args.out}")
+    else:
+        sys.stdout.write(data.decode())
+    return 0
+
+
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("init", parents=[common], help="create a data directory")
+    p.add_argument("--aet", default="PACSVAULT", help="our AE title (default PACSVAULT)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("serve", parents=[common], help="run the DICOM listeners")
+    p.add_argument("--bind", metavar="ADDRESS", help="listen address (overrides settings)")
+    p.add_argument("--dicom-port", type=int, metavar="N", help="DICOM port (overrides settings)")
+    p.add_argument("--tls-port", type=int, metavar="N", help="DICOM-TLS port (overrides settings)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", parents=[common], help="show counts and listeners")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("tls", parents=[common], help="TLS material")
+    tls_sub = p.add_subparsers(dest="tls_cmd", required=True)
+    e = tls_sub.add_parser("export-ca", parents=[common], help="print or write the CA certificate")
+    e.add_argument("--out", metavar="FILE")
+    e.set_defaults(func=cmd_export_ca)

@@ -1,0 +1,397 @@
+"""The audit trail in the index: records appended to the hash chain, checkpoints signed.
+
+The rules (actions, event codes, the chain hash, the checkpoint statement) are in
+``security.audit``; this module writes and reads them. Records go into the index in
+the same transaction as the change they describe when there is one.
+
+Signed checkpoints (the site's Ed25519 key) pin the chain at points an attacker
+without the key cannot move. A genesis checkpoint at seq 0 (a random trail id signed
+at ``init``) marks the start, so a wiped trail is not an empty one; every checkpoint is
+also appended to the checkpoint log outside the index (see ``security.audit_log``), and
+a process that wrote to the trail signs the head as its final checkpoint when it stops
+cleanly. ``security.audit_verify`` holds the rules that make all this evidence.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from pacsvault.security.audit import (
+    EVENT_CODES,
+    GENESIS_HASH,
+    GENESIS_SEQ,
+    HEAD_KEY,
+    Action,
+    AuditUnavailable,
+    Outcome,
+    checkpoint_statement,
+    record_hash,
+)
+from pacsvault.security.audit_keys import AuditSigner
+from pacsvault.security.audit_log import CheckpointLog, Entry, Run
+from pacsvault.security.audit_verify import Trail
+from pacsvault.security.identity import Actor
+from pacsvault.storage import schema as s
+from pacsvault.storage.index import Index, after_commit, write_transaction
+
+log = logging.getLogger("pacsvault.audit")
+
+
+def read_head(conn: Connection) -> tuple[int, str]:
+    """(sequence number, hash) of the last record; (0, genesis) for an empty trail."""
+    value = conn.scalar(select(s.settings_kv.c.value).where(s.settings_kv.c.key == HEAD_KEY))
+    if not value:
+        return 0, GENESIS_HASH
+    seq, _, digest = value.partition(":")
+    return int(seq), digest
+
+
+def _write_head(conn: Connection, seq: int, digest: str) -> None:
+    value = f"{seq}:{digest}"
+    updated = conn.execute(
+        update(s.settings_kv).where(s.settings_kv.c.key == HEAD_KEY).values(value=value)
+    ).rowcount
+    if not updated:
+        conn.execute(insert(s.settings_kv).values(key=HEAD_KEY, value=value))
+
+
+Submit = Callable[[Callable[[Connection], Any]], Any]
+
+
+class AuditTrail:
+    """Writes audit rows, through the group-commit writer when one is running.
+
+    With a signer and a checkpoint log, the first record this process writes begins a
+    *run* (a ``start`` line in the log) and :meth:`close` ends it with a final signed
+    checkpoint of the head.
+    """
+
+    def __init__(
+        self,
+        index: Index,
+        submit: Submit | None = None,
+        *,
+        signer: AuditSigner | None = None,
+        checkpoint_every: int = 100,
+        checkpoint_log: CheckpointLog | None = None,
+    ) -> None:
+        self.index = index
+        self._submit = submit
+        self.signer = signer
+        self.checkpoint_every = checkpoint_every
+        self.log = checkpoint_log if signer is not None else None
+        self._run: Run | None = None
+        self._run_lock = threading.Lock()
+
+    def row(
+        self,
+        action: Action,
+        outcome: Outcome,
+        actor: Actor | None,
+        *,
+        study_uid: str | None = None,
+        patient_ref: str | None = None,
+        detail: str | None = None,
+    ) -> dict[str, Any]:
+        """The row for one event (to insert in a caller's own transaction)."""
+        return {
+            "time": time.time(),
+            "event_code": EVENT_CODES[action],
+            "action": action.value,
+            "outcome": outcome.value,
+            "actor": f"{actor.kind}:{actor.name}" if actor else None,
+            "address": actor.address if actor else None,
+            "study_uid": study_uid,
+            "patient_ref": patient_ref,
+            "detail": detail,
+        }
+
+    def insert(self, conn: Connection, row: dict[str, Any]) -> None:
+        """Append *row* to the chain inside the caller's write transaction.
+
+        The transaction must hold the write lock (see ``write_transaction``) so two
+        writers never extend the chain from the same head.
+        """
+        self.begin_run()
+        if conn.dialect.name == "postgresql":
+            conn.execute(
+                select(s.settings_kv.c.value)
+                .where(s.settings_kv.c.key == HEAD_KEY)
+                .with_for_update()
+            )
+        seq, prev = read_head(conn)
+        row = {**row, "seq": seq + 1, "prev_hash": prev}
+        row["hash"] = record_hash(prev, row)
+        conn.execute(insert(s.audit_events).values(**row))
+        _write_head(conn, row["seq"], row["hash"])
+        if self.signer is not None and row["seq"] % self.checkpoint_every == 0:
+            run = self._run
+            self._checkpoint(conn, row["seq"], row["hash"], run_id=run.id if run else None)
+
+    # -- runs, checkpoints and the genesis -----------------------------------------------
+
+    def begin_run(self, label: str = "command") -> None:
+        """Log that this process starts writing to the trail (once; no-op without a log).
+
+        Must happen before the process's first record commits, so that a record is
+        never in the index without the ``start`` line of the run that wrote it. If the
+        log cannot be written the error is logged and records are still written (the
+        archive keeps working; ``audit verify`` will show the gap); the next record
+        tries again.
+        """
+        if self.log is None or self._run is not None:
+            return
+        with self._run_lock:
+            if self._run is None:
+                try:
+                    self._run = self.log.begin_run(secrets.token_hex(8), label)
+                except OSError as exc:
+                    log.error("cannot write the audit checkpoint log: %s", exc.strerror)
+
+    def _log_entry(self, conn: Connection, entry: Entry) -> None:
+        """Append *entry* to the checkpoint log once *conn*'s transaction has committed."""
+        if self.log is None:
+            return
+        log_ = self.log
+        if not after_commit(conn, lambda: log_.append([entry])):
+            log.warning("audit checkpoint %s not logged: not in a write transaction", entry["seq"])
+
+    def _checkpoint(
+        self,
+        conn: Connection,
+        seq: int,
+        digest: str,
+        *,
+        final: bool = False,
+        run_id: str | None = None,
+    ) -> None:
+        """Sign (seq, digest) into the index and, after commit, into the checkpoint log.
+
+        An existing checkpoint row for *seq* is kept; a final checkpoint is logged
+        even then, since the log line is what records the clean stop of *run_id*.
+        """
+        assert self.signer is not None
+        signature = self.signer.sign(checkpoint_statement(seq, digest))
+        now = time.time()
+        exists_already = conn.scalar(
+            select(s.audit_checkpoints.c.seq).where(s.audit_checkpoints.c.seq == seq)
+        )
+        if exists_already is None:
+            conn.execute(
+                insert(s.audit_checkpoints).values(
+                    seq=seq, hash=digest, time=now, signature=signature
+                )
+            )
+        elif not final:
+            return
+        entry: Entry = {"kind": "checkpoint", "seq": seq, "hash": digest, "time": now,
+                        "signature": signature, "final": final}  # fmt: skip
+        if run_id is not None:
+            entry["run"] = run_id
+        self._log_entry(conn, entry)
+
+    def _write(self, op: Callable[[Connection], Any]) -> Any:
+        """Run *op* in a committed write transaction (through the writer if there is one)."""
+        if self._submit is not None:
+            return self._submit(op)
+        with write_transaction(self.index.engine) as conn:
+            return op(conn)
+
+    def checkpoint(self, *, final: bool = False, run_id: str | None = None) -> None:
+        """Sign the current head now, so a truncated tail is detectable.
+
+        A final checkpoint of an empty trail names the genesis (seq 0) instead.
+        """
+        if self.signer is None:
+            return
+
+        def op(conn: Connection) -> None:
+            seq, digest = read_head(conn)
+            if not seq:
+                digest = conn.scalar(
+                    select(s.audit_checkpoints.c.hash)
+                    .where(s.audit_checkpoints.c.seq == GENESIS_SEQ)
+                )  # fmt: skip
+                if not final or digest is None:
+                    return
+            self._checkpoint(conn, seq, digest, final=final, run_id=run_id)
+
+        self._write(op)
+
+    def close(self) -> None:
+        """End this process's run: sign the head as its final checkpoint (idempotent).
+
+        Call it on a clean shutdown, before stopping the writer. A process that wrote
+        nothing has no run and signs nothing. Failures are logged, never raised.
+        """
+        with self._run_lock:
+            run, self._run = self._run, None
+        if run is None:
+            return
+        try:
+            self.checkpoint(final=True, run_id=run.id)
+        except Exception as exc:
+            log.error("could not sign the audit head at shutdown: %s", type(exc).__name__)
+        finally:
+            run.end()
+
+    def ensure_genesis(self, *, new_site: bool) -> None:
+        """Write the signed genesis if the index has none and the log shows none either.
+
+        At ``init`` (*new_site*) that is the normal start. Otherwise it means an index
+        from an older release, which had neither: the genesis is marked ``legacy``, the
+        head is signed and the old signed checkpoints are copied into the new log. If the
+        log already holds a genesis the index lacks, nothing is written: the trail was
+        wiped and ``audit verify`` must say so.
+        """
+        if self.log is None or self.signer is None:
+            return
+        cps = s.audit_checkpoints
+        with self.index.engine.connect() as conn:
+            if conn.scalar(select(cps.c.seq).where(cps.c.seq == GENESIS_SEQ)) is not None:
+                return
+        if self.log.has_genesis():
+            return
+        self.log.ensure_file()
+        with write_transaction(self.index.engine) as conn:
+            if conn.scalar(select(cps.c.seq).where(cps.c.seq == GENESIS_SEQ)) is not None:
+                return  # another process was quicker
+            self._genesis(conn, legacy=not new_site)
+
+    def _genesis(self, conn: Connection, *, legacy: bool) -> None:
+        """Insert the genesis (and, for a legacy trail, sign its head); log after commit."""
+        assert self.signer is not None
+        trail_id = secrets.token_hex(32)
+        now = time.time()
+        signature = self.signer.sign(checkpoint_statement(GENESIS_SEQ, trail_id))
+        conn.execute(
+            insert(s.audit_checkpoints).values(
+                seq=GENESIS_SEQ, hash=trail_id, time=now, signature=signature
+            )
+        )
+        genesis: Entry = {"kind": "genesis", "seq": GENESIS_SEQ, "hash": trail_id, "time": now,
+                          "signature": signature, "legacy": legacy}  # fmt: skip
+        head_seq, head_hash = read_head(conn)
+        if legacy:
+            genesis["records"] = head_seq
+        self._log_entry(conn, genesis)
+        if not legacy:
+            return
+        old = conn.execute(
+            select(s.audit_checkpoints).where(s.audit_checkpoints.c.seq > GENESIS_SEQ)
+            .order_by(s.audit_checkpoints.c.seq)
+        ).mappings().all()  # fmt: skip
+        for cp in old:
+            if self.signer.verify(checkpoint_statement(cp["seq"], cp["hash"]), cp["signature"]):
+                self._log_entry(conn, {"kind": "checkpoint", "seq": cp["seq"],
+                                       "hash": cp["hash"], "time": cp["time"],
+                                       "signature": cp["signature"], "final": False,
+                                       "run": "legacy"})  # fmt: skip
+        if head_seq:
+            # Signed now, as if the older release had shut down cleanly here.
+            self._checkpoint(conn, head_seq, head_hash, final=True, run_id="adopt")
+
+    def record(
+        self,
+        action: Action,
+        outcome: Outcome,
+        actor: Actor | None,
+        *,
+        study_uid: str | None = None,
+        patient_ref: str | None = None,
+        detail: str | None = None,
+        best_effort: bool = False,
+    ) -> None:
+        """Record one event durably.
+
+        Raises :class:`AuditUnavailable` when the record cannot be written, so that no
+        access happens unrecorded: the caller refuses what it was about to do. With
+        *best_effort* (for refusals, which give nothing away) a failure is only logged.
+        """
+        row = self.row(
+            action, outcome, actor, study_uid=study_uid, patient_ref=patient_ref, detail=detail
+        )
+        try:
+            self._write(lambda conn: self.insert(conn, row))
+        except Exception as exc:
+            log.error("could not write audit record (%s): %s", action.value, type(exc).__name__)
+            if not best_effort:
+                raise AuditUnavailable(f"audit trail unavailable ({type(exc).__name__})") from None
+
+    # -- reading --------------------------------------------------------------------------
+
+    def read_trail(self) -> Trail:
+        """Records, head and checkpoints, read in one transaction (a consistent view)."""
+        with self.index.engine.connect() as conn, conn.begin():
+            rows = conn.execute(
+                select(s.audit_events).order_by(s.audit_events.c.id)
+            ).mappings().all()  # fmt: skip
+            cps = conn.execute(select(s.audit_checkpoints).order_by(s.audit_checkpoints.c.seq))
+            return Trail(list(rows), read_head(conn), {cp["seq"]: cp for cp in cps.mappings()})
+
+    def search(self, q: AuditQuery) -> list[dict[str, Any]]:
+        """Records matching every filter of *q*, in chain order."""
+        a = s.audit_events
+        stmt = select(a).order_by(a.c.seq)
+        if q.user:
+            stmt = stmt.where(a.c.actor == f"user:{q.user}")
+        if q.peer:
+            stmt = stmt.where(a.c.actor == f"peer:{q.peer}")
+        if q.patient_ref:
+            stmt = stmt.where(a.c.patient_ref == q.patient_ref)
+        if q.study:
+            stmt = stmt.where(a.c.study_uid == q.study)
+        if q.action:
+            stmt = stmt.where(a.c.action == q.action)
+        if q.outcome:
+            stmt = stmt.where(a.c.outcome == q.outcome)
+        if q.since is not None:
+            stmt = stmt.where(a.c.time >= q.since)
+        if q.until is not None:
+            stmt = stmt.where(a.c.time <= q.until)
+        if q.limit:
+            stmt = stmt.limit(q.limit)
+        with self.index.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def records_after(self, seq: int, limit: int = 200) -> list[Mapping[str, Any]]:
+        """Up to *limit* records with a sequence number above *seq*, in order."""
+        a = s.audit_events
+        stmt = select(a).where(a.c.seq > seq).order_by(a.c.seq).limit(limit)
+        with self.index.engine.connect() as conn:
+            return list(conn.execute(stmt).mappings().all())
+
+    def get_state(self, key: str) -> str | None:
+        """A small value kept beside the trail (e.g. how far forwarding got)."""
+        with self.index.engine.connect() as conn:
+            return conn.scalar(select(s.settings_kv.c.value).where(s.settings_kv.c.key == key))
+
+    def set_state(self, key: str, value: str) -> None:
+        kv = s.settings_kv
+        with self.index.engine.begin() as conn:
+            if not conn.execute(update(kv).where(kv.c.key == key).values(value=value)).rowcount:
+                conn.execute(insert(kv).values(key=key, value=value))
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Filters of an audit search (all optional; *patient_ref* is the pseudonym)."""
+
+    user: str | None = None
+    peer: str | None = None
+    patient_ref: str | None = None
+    study: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int | None = None
+
