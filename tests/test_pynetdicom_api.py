@@ -2,9 +2,10 @@
 
 pacsvault runs its own DICOM upper layer; from pynetdicom it uses only the
 A-ASSOCIATE PDU codecs, a few service primitives and two of its SOP class tables,
-both private (``_STORAGE_CLASSES``, ``_VERIFICATION_CLASSES``). It overrides nothing. The test harness patches one private detail of pynetdicom's
-requestor (tests/pynetdicom_fix.py), checked here too. pyproject.toml pins the minor
-version; bump it only with this file green.
+both private (``_STORAGE_CLASSES``, ``_VERIFICATION_CLASSES``). It overrides nothing.
+The test harness patches one private detail of pynetdicom's requestor
+(tests/pynetdicom_fix.py), checked here too. pyproject.toml pins the minor version;
+bump it only with this file green.
 """
 
 from __future__ import annotations

@@ -98,6 +98,19 @@ def r_user_manage(s: Site) -> None:
     s.notes["alice"] = _password(s.run("user", "passwd", "alice").stdout)
 
 
+def r_referrer(s: Site) -> None:
+    s.run("user", "add", "rita", "--role", "referrer")
+    assert "linked rita" in s.run("user", "link", "rita", "--physician", "Smith^John").stdout
+    assert "rita\treferrer\tenabled\tphysicians=1" in s.run("user", "list").stdout
+
+
+def r_share(s: Site) -> None:
+    out = s.run("share", s.notes["study_uid"], "--user", "rita", "--expires", "7d").stdout
+    share_id = out.split()[1].rstrip(":")
+    assert s.notes["study_uid"] in s.run("share", "--list").stdout
+    assert "revoked" in s.run("share", "--revoke", share_id).stdout
+
+
 def r_lockout(s: Site) -> None:
     assert "no lockouts" in s.run("lockout", "list").stdout
     assert "cleared 0 lockout(s)" in s.run("lockout", "clear", "address:10.9.9.9").stdout
@@ -258,9 +271,18 @@ RUNNERS: list[tuple[str, Callable[[Site], None]]] = [
     ("pacsvault peer list | pacsvault peer remove NAME", r_peer_list_remove),
     ("pacsvault user add alice --role radiologist", r_user_add),
     ("pacsvault user list | disable | enable | passwd NAME", r_user_manage),
+    (
+        "pacsvault user add rita --role referrer && pacsvault user link rita --physician "
+        "'Smith^John'",
+        r_referrer,
+    ),
     ("pacsvault lockout list | clear [address:IP|account:NAME]", r_lockout),
     ("pacsvault tls export-ca [--out FILE]", r_tls),
     ("pacsvault serve [--bind ADDRESS] [--dicom-port N] [--tls-port N]", r_serve),
+    (
+        "pacsvault share STUDY_UID --user rita --expires 7d | share --list | share --revoke ID",
+        r_share,
+    ),
     ("pacsvault status", r_status),
     ("pacsvault import PATH...", r_import),
     ("pacsvault demo --patients 5", r_demo),

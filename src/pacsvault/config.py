@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pacsvault.dicom.ae import validate_ae_title
+
 SETTINGS_FILE = "pacsvault.toml"
 DEFAULT_DATA_DIR = "./pacsvault-data"
 
@@ -61,10 +63,7 @@ class DicomSettings(_Section):
     @field_validator("ae_title")
     @classmethod
     def _ae_title(cls, v: str) -> str:
-        v = v.strip()
-        if not v or "\\" in v or any(ord(c) < 0x20 or ord(c) > 0x7E for c in v):
-            raise ValueError("an AE title is 1-16 printable ASCII characters without backslash")
-        return v
+        return validate_ae_title(v)
 
     @field_validator("bind")
     @classmethod

@@ -10,7 +10,6 @@ so adding an attribute here makes it stored, matchable and returnable at once.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -166,14 +165,6 @@ BY_KEYWORD: dict[str, IndexAttribute] = {a.keyword: a for a in BY_TAG.values()}
 def unique_key(level: Level) -> IndexAttribute:
     """The unique key of *level* (PatientID, StudyInstanceUID, ...)."""
     return next(a for a in ATTRIBUTES[level] if a.unique)
-
-
-def attributes_up_to(level: Level) -> Iterator[IndexAttribute]:
-    """Every attribute of *level* and of the levels above it."""
-    for lvl in Level:
-        yield from ATTRIBUTES[lvl]
-        if lvl == level:
-            return
 
 
 def keyword(tag: int) -> str:

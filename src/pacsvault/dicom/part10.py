@@ -70,24 +70,6 @@ def meta_length(head: bytes) -> int:
     return 144 + struct.unpack("<L", head[140:144])[0]
 
 
-def parse_dataset(data: bytes, transfer_syntax: str) -> Dataset:
-    """Parse dataset bytes encoded in *transfer_syntax*, stopping before the pixel data.
-
-    Raises :class:`NotDicom` when pydicom cannot read them, they are incomplete, or the
-    syntax is unknown.
-    """
-    ts = _transfer_syntax(transfer_syntax)
-    if ts.is_deflated:
-        try:
-            data = zlib.decompress(data, -zlib.MAX_WBITS)
-        except zlib.error:
-            raise NotDicom("unreadable deflated dataset") from None
-    fp = BytesIO(data)
-    check_complete(fp, len(data), ts)
-    fp.seek(0)
-    return read_index_dataset(fp, ts)
-
-
 def _transfer_syntax(transfer_syntax: str) -> UID:
     ts = UID(transfer_syntax)
     if not ts.is_transfer_syntax:

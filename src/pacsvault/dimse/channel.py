@@ -196,10 +196,6 @@ class Channel:
         self._pending = None
         return Message(context, command, sink)
 
-    def idle(self) -> bool:
-        """True between messages (nothing half-received)."""
-        return self._pdu_left == 0 and self._pending is None and not self._command
-
     # -- sending ---------------------------------------------------------------------------
 
     def send(self, context_id: int, fields: dict, dataset: bytes | None = None) -> None:

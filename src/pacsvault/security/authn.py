@@ -18,7 +18,7 @@ import jwt
 from pacsvault.config import SecuritySettings
 from pacsvault.security.users import User
 
-USERNAME, USERNAME_PASSCODE, KERBEROS, SAML, JWT = 1, 2, 3, 4, 5
+USERNAME, USERNAME_PASSCODE, JWT = 1, 2, 5  # PS3.7 D.3.3.7: 3 Kerberos, 4 SAML unused
 
 
 @dataclass(frozen=True)

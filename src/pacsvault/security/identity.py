@@ -56,11 +56,6 @@ class Actor:
         return cls("operator", name, "local")
 
 
-def local_operator() -> Actor:
-    """The operator running a local command."""
-    return Actor.operator()
-
-
 class Permission(StrEnum):
     """An action the policy decides on, whatever the protocol asks for it."""
 

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pacsvault.dicom import ae
+
 
 class Service(StrEnum):
     """A DICOM service a peer may be granted."""
@@ -103,20 +105,12 @@ def parse_services(text: str) -> frozenset[Service]:
     return frozenset(out)
 
 
-AE_TITLE_RULE = "an AE title is 1-16 printable ASCII characters without backslash"
-
-
-def is_ae_title(aet: str) -> bool:
-    """True for 1-16 printable ASCII characters without backslash, after trimming spaces."""
-    aet = aet.strip()
-    return 1 <= len(aet) <= 16 and "\\" not in aet and all(0x20 <= ord(c) <= 0x7E for c in aet)
-
-
 def validate_ae_title(aet: str) -> str:
     """*aet* without surrounding spaces; raises PeerError unless it is an AE title."""
-    if not is_ae_title(aet):
-        raise PeerError(AE_TITLE_RULE)
-    return aet.strip()
+    try:
+        return ae.validate_ae_title(aet)
+    except ValueError as exc:
+        raise PeerError(str(exc)) from None
 
 
 def new_peer(

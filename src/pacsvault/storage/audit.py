@@ -394,4 +394,3 @@ class AuditQuery:
     since: float | None = None
     until: float | None = None
     limit: int | None = None
-

@@ -553,12 +553,6 @@ class Index:
         with self.engine.connect() as conn:
             return conn.scalar(stmt) or 0
 
-    def all_blob_keys(self) -> Iterator[tuple[str, str, int]]:
-        """(SOP Instance UID, blob key, size) of every instance, for consistency checks."""
-        stmt = select(s.instances.c.sop_instance_uid, s.instances.c.blob_key, s.instances.c.size)
-        with self.engine.connect() as conn:
-            yield from conn.execute(stmt).tuples()
-
 
 def _table_for(attr: IndexAttribute, level: Level) -> Table:
     """Where *attr* is matched in a query at *level*.
