@@ -18,8 +18,9 @@ import time
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import (
     CTImageStorage,
     ModalityWorklistInformationFind,
@@ -106,7 +107,13 @@ def _associate_once(host: str, port: int, calling: str, called: str, timeout: fl
     ae.connection_timeout = timeout
     for uid in SERVICES:
         ae.add_requested_context(uid)
-    assoc = ae.associate(host, port, ae_title=called)
+    rejects: list[A_ASSOCIATE_RJ] = []
+
+    def on_pdu(event: evt.Event) -> None:
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            rejects.append(event.pdu)
+
+    assoc = ae.associate(host, port, ae_title=called, evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
     if assoc.is_established:
         acceptor = assoc.acceptor
         return Attempt(
@@ -119,6 +126,12 @@ def _associate_once(host: str, port: int, calling: str, called: str, timeout: fl
     if assoc.is_rejected and assoc.acceptor.primitive is not None:
         rj = assoc.acceptor.primitive
         return Attempt("rejected", reason=rj.diagnostic, transient=rj.result == 0x02)
+    if rejects:
+        # pynetdicom 3.0 takes an A-ASSOCIATE-RJ followed at once by the close of the
+        # connection (dcmqrscp rejects within a millisecond) for a failed connect.
+        return Attempt(
+            "rejected", reason=rejects[0].reason_diagnostic, transient=rejects[0].result == 0x02
+        )
     return Attempt("not-dicom")
 
 
