@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -300,3 +302,80 @@ def test_known_vulnerable_versions() -> None:
     assert from_version_name("PACSVAULT_010", "t") == []
     assert len(from_orthanc_version("1.10.1", "t")) == 2
     assert from_orthanc_version("1.12.11", "t") == []
+
+
+FINDING_ID = re.compile(r"(DIMSE|NET|SCAN|TLS|VULN|WEB)-[A-Z0-9-]+")
+
+
+def _literal(node: ast.AST) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def test_every_finding_the_scanner_reports_is_catalogued() -> None:
+    """Probes name findings by literal id through catalogue.finding(), never Finding(...)."""
+    import pacsvault
+    from pacsvault.scan.catalogue import CATALOGUE
+
+    reported: set[str] = set()  # first arguments of finding(...) in scan/
+    mentioned: set[str] = set()  # id-like literals in scan/, and f.id == "..." anywhere
+    for path in sorted(Path(pacsvault.__file__).parent.rglob("*.py")):
+        in_scan = path.parent.name == "scan"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+            called = node.func.id if isinstance(node, ast.Call) and isinstance(
+                node.func, ast.Name) else None  # fmt: skip
+            if in_scan and called == "Finding":
+                assert path.name == "catalogue.py", f"{where}: Finding() outside the catalogue"
+            if in_scan and called == "finding":
+                fid = _literal(node.args[0])
+                assert fid is not None, f"{where}: a finding id must be a literal"
+                reported.add(fid)
+            if in_scan and FINDING_ID.fullmatch(_literal(node) or ""):
+                mentioned.add(_literal(node) or "")
+            if isinstance(node, ast.Compare) and getattr(node.left, "attr", "") == "id":
+                mentioned |= {c.value for c in node.comparators
+                              if FINDING_ID.fullmatch(_literal(c) or "")}  # fmt: skip
+    assert reported - set(CATALOGUE) == set()
+    assert mentioned - set(CATALOGUE) == set()
+    assert set(CATALOGUE) - reported == set(), "catalogued but never reported"
+
+
+def test_catalogue_entries_and_the_finding_constructor() -> None:
+    from pacsvault.scan.catalogue import CATALOGUE, GROUPS, finding
+    from pacsvault.scan.findings import SEVERITIES
+
+    assert sum(len(g.entries) for g in GROUPS.values()) == len(CATALOGUE)
+    assert all(g.doc.strip() for g in GROUPS.values())
+    for fid, entry in CATALOGUE.items():
+        assert FINDING_ID.fullmatch(fid), fid
+        assert entry.severity in SEVERITIES and set(entry.variants.values()) <= set(SEVERITIES)
+        assert entry.title, fid
+        assert entry.remediation or entry.severity == "info", f"{fid}: no fix for a problem"
+    with pytest.raises(KeyError, match="DIMSE-NO-SUCH-CHECK"):
+        finding("DIMSE-NO-SUCH-CHECK", "t", "r")
+    with pytest.raises(KeyError):
+        finding("DIMSE-ECHO", "t", "r", variant="on Tuesdays")
+    with pytest.raises(TypeError):
+        finding("VULN-KNOWN", "t", "r", product="DCMTK")  # version and fixed missing
+    with pytest.raises(TypeError):
+        finding("DIMSE-ECHO", "t", "r", product="DCMTK")  # no such placeholder
+    vuln = finding("VULN-KNOWN", "t", "r", product="DCMTK", version="3.6.6", fixed="3.6.7")
+    assert (vuln.severity, vuln.title, vuln.remediation) == (
+        "high", "DCMTK 3.6.6 has known vulnerabilities", "Upgrade DCMTK to 3.6.7 or later.",
+    )  # fmt: skip
+    check = "DIMSE-NO-CALLING-AE-CHECK"
+    assert finding(check, "t", "r").severity == "high"
+    assert finding(check, "t", "r", variant="without Q/R or storage").severity == "medium"
+
+
+def test_scanner_doc_lists_every_catalogued_finding() -> None:
+    from pacsvault.scan.catalogue import CATALOGUE
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "scanner.md"
+    rows: dict[str, str] = {}
+    for line in doc.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and FINDING_ID.fullmatch(cells[0]):
+            assert cells[0] not in rows, f"{cells[0]} listed twice"
+            rows[cells[0]] = cells[1]
+    assert rows == {fid: entry.severity_text() for fid, entry in CATALOGUE.items()}

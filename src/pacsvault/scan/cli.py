@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
+from pacsvault.scan.catalogue import finding
 from pacsvault.scan.findings import SEVERITIES, Finding, severity_rank
 from pacsvault.scan.report import terminal, write_html, write_json
 from pacsvault.scan.targets import Target, TargetError, is_local, parse_target
@@ -76,7 +77,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
                     found = [f for f in found if f.id != "NET-UNREACHABLE"]
                 out += found
             except Exception as exc:  # a misbehaving target must never end the run
-                out.append(Finding("NET-NOT-DICOM", "info", str(t), "Not DICOM / no answer",
+                out.append(finding("NET-NOT-DICOM", str(t),
                                    f"probe ended early ({type(exc).__name__})"))  # fmt: skip
         return out
 
@@ -87,8 +88,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         findings += fut.result()
     pool.shutdown(wait=False, cancel_futures=True)
     if not_done:
-        findings.append(Finding("SCAN-TIME-LIMIT", "info", "-", "Time limit reached",
-                                f"{len(not_done)} hosts not finished"))  # fmt: skip
+        findings.append(finding("SCAN-TIME-LIMIT", "-", f"{len(not_done)} hosts not finished"))
     finished = time.time()
     print(terminal(findings, colour=sys.stdout.isatty()))
     if args.json:

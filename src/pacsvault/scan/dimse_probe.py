@@ -18,8 +18,9 @@ import time
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import (
     CTImageStorage,
     ModalityWorklistInformationFind,
@@ -32,6 +33,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from pacsvault.scan.catalogue import finding
 from pacsvault.scan.findings import Count, Finding
 from pacsvault.scan.targets import Target
 from pacsvault.scan.vulns import from_version_name
@@ -67,7 +69,7 @@ def random_aet() -> str:
 class Attempt:
     """The outcome of one association attempt."""
 
-    state: str  # accepted, rejected, not-dicom, closed, no-answer
+    state: str  # accepted, rejected or not-dicom
     reason: int | None = None  # A-ASSOCIATE-RJ reason
     transient: bool = False  # rejected-transient (e.g. the server is busy): worth a retry
     services: set[str] = field(default_factory=set)
@@ -105,7 +107,13 @@ def _associate_once(host: str, port: int, calling: str, called: str, timeout: fl
     ae.connection_timeout = timeout
     for uid in SERVICES:
         ae.add_requested_context(uid)
-    assoc = ae.associate(host, port, ae_title=called)
+    rejects: list[A_ASSOCIATE_RJ] = []
+
+    def on_pdu(event: evt.Event) -> None:
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            rejects.append(event.pdu)
+
+    assoc = ae.associate(host, port, ae_title=called, evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
     if assoc.is_established:
         acceptor = assoc.acceptor
         return Attempt(
@@ -118,6 +126,12 @@ def _associate_once(host: str, port: int, calling: str, called: str, timeout: fl
     if assoc.is_rejected and assoc.acceptor.primitive is not None:
         rj = assoc.acceptor.primitive
         return Attempt("rejected", reason=rj.diagnostic, transient=rj.result == 0x02)
+    if rejects:
+        # pynetdicom 3.0 takes an A-ASSOCIATE-RJ followed at once by the close of the
+        # connection (dcmqrscp rejects within a millisecond) for a failed connect.
+        return Attempt(
+            "rejected", reason=rejects[0].reason_diagnostic, transient=rejects[0].result == 0x02
+        )
     return Attempt("not-dicom")
 
 
@@ -299,11 +313,10 @@ def store_test(assoc: Association, where: str) -> Finding | None:
     code = status.get("Status") if status else None
     if code is None or not (code == 0 or 0xB000 <= code <= 0xBFFF):
         return None
-    return Finding(
-        "DIMSE-STORE-OPEN", "high", where, "A stranger can store objects",
+    return finding(
+        "DIMSE-STORE-OPEN", where,
         f"a synthetic object was stored (status 0x{code:04X}); delete study "
         f"{ds.StudyInstanceUID} (patient ZZZ^EXPAUDIT)",
-        "Accept C-STORE from registered modalities only (Orthanc: DicomAlwaysAllowStore false).",
         details={"study_instance_uid": ds.StudyInstanceUID,
                  "sop_instance_uid": ds.SOPInstanceUID},
     )  # fmt: skip
@@ -330,13 +343,13 @@ def probe(
     where = str(target)
     state = tcp_state(target.host, target.port, timeout)
     if state != "open":
-        return [Finding("NET-UNREACHABLE", "info", where, "Port not reachable",
+        return [finding("NET-UNREACHABLE", where,
                         "connection refused" if state == "closed" else "no answer")]  # fmt: skip
     called = target.aet or "ANY-SCP"
     attempt = associate(target.host, target.port, random_aet(), called, timeout)
     findings: list[Finding] = []
     if attempt.state == "not-dicom":
-        return [Finding("NET-NOT-DICOM", "info", where, "Not DICOM / no answer",
+        return [finding("NET-NOT-DICOM", where,
                         "the port is open but did not complete a DICOM association")]  # fmt: skip
     if attempt.state == "rejected" and attempt.reason == 7 and target.aet is None:
         for title in GUESSED_TITLES:
@@ -347,29 +360,24 @@ def probe(
                 called = title
                 break
         if attempt.state == "accepted":
-            findings.append(Finding(
-                "DIMSE-CALLED-AE-GUESSED", "high", where, "Called AE title guessed",
+            findings.append(finding(
+                "DIMSE-CALLED-AE-GUESSED", where,
                 f"a stranger associated by guessing the called AE title '{called}'",
-                "Use a non-default AE title and, above all, admit only registered peers "
-                "(calling AE bound to an address, TLS client certificates).",
             ))  # fmt: skip
     elif attempt.state == "accepted" and target.aet is None:
-        findings.append(Finding(
-            "DIMSE-ANY-CALLED-AE", "medium", where, "Any called AE title accepted",
+        findings.append(finding(
+            "DIMSE-ANY-CALLED-AE", where,
             "the server accepted an association addressed to 'ANY-SCP'",
-            "Enable called-AE checking (Orthanc: DicomCheckCalledAet true).",
         ))  # fmt: skip
     if attempt.state != "accepted":
         reason = {3: "calling AE not recognised", 7: "called AE not recognised"}.get(
             attempt.reason or 0, f"reason {attempt.reason}"
         )
-        findings.append(Finding("DIMSE-REFUSED", "info", where, "Strangers are refused",
-                                f"association rejected ({reason})"))  # fmt: skip
-        findings.append(Finding(
-            "DIMSE-CLEARTEXT-SERVICE", "low", where, "DICOM offered in cleartext",
+        findings.append(finding("DIMSE-REFUSED", where, f"association rejected ({reason})"))
+        findings.append(finding(
+            "DIMSE-CLEARTEXT-SERVICE", where,
             "the port speaks DICOM without TLS: registered peers' traffic (images, names) can be "
             "read on the network path",
-            "Offer DICOM over TLS (port 2762) to remote peers; keep cleartext to loopback.",
         ))  # fmt: skip
         return findings
 
@@ -379,33 +387,24 @@ def probe(
         findings.append(_fingerprint(where, attempt))
         findings += from_version_name(attempt.version, where)
         qr = attempt.services & {"find", "get", "move", "store"}
-        findings.append(Finding(
-            "DIMSE-NO-CALLING-AE-CHECK", "high" if qr else "medium", where,
-            "Unknown calling AE titles accepted",
+        findings.append(finding(
+            "DIMSE-NO-CALLING-AE-CHECK", where,
             f"a random calling AE title was accepted; services offered to it: "
             f"{', '.join(sorted(attempt.services)) or 'none'}",
-            "Admit only registered peers, each bound to its address (Orthanc: DicomModalities "
-            "with DicomCheckModalityHost; pacsvault does this by default).",
+            variant=None if qr else "without Q/R or storage",
         ))  # fmt: skip
-        findings.append(Finding(
-            "DIMSE-CLEARTEXT", "medium", where, "Cleartext DICOM accepted from a stranger",
-            "the association was not encrypted", "Offer DICOM over TLS (port 2762) only.",
-        ))  # fmt: skip
+        findings.append(finding("DIMSE-CLEARTEXT", where, "the association was not encrypted"))
         if "echo" in attempt.services:
             status = _guarded(assoc, assoc.send_c_echo)
             if status and status.get("Status") == 0x0000:
-                findings.append(Finding("DIMSE-ECHO", "low", where, "C-ECHO answered",
-                                        "a stranger's C-ECHO succeeded",
-                                        "Answer C-ECHO for registered peers only."))  # fmt: skip
+                findings.append(finding("DIMSE-ECHO", where, "a stranger's C-ECHO succeeded"))
         tally = _guarded(assoc, study_find, assoc, budget) if "find" in attempt.services else None
         if tally is not None and tally.responses:
             findings.append(_find_finding(where, tally, budget))
             patients = _guarded(assoc, patient_find, assoc, budget)
             if patients:
-                findings.append(Finding(
-                    "DIMSE-FIND-PATIENT", "critical", where, "Anonymous patient-level C-FIND",
-                    f"{patients} patients listed to a stranger",
-                    "Deny C-FIND to unknown AEs.",
+                findings.append(finding(
+                    "DIMSE-FIND-PATIENT", where, f"{patients} patients listed to a stranger",
                     counts={"patients": Count(patients, "exact" if patients < budget else
                                               "lower bound", "patient-level C-FIND")},
                 ))  # fmt: skip
@@ -417,27 +416,23 @@ def probe(
         if "worklist" in attempt.services:
             steps = _guarded(assoc, worklist_find, assoc, budget)
             if steps:
-                findings.append(Finding(
-                    "DIMSE-WORKLIST-OPEN", "critical", where, "Anonymous modality worklist",
+                findings.append(finding(
+                    "DIMSE-WORKLIST-OPEN", where,
                     f"{steps} scheduled procedure steps listed to a stranger",
-                    "Deny worklist queries to unknown AEs.",
                 ))  # fmt: skip
         # Last: some servers abort the association after refusing a retrieve.
         sample = tally.sample_study if tally is not None else ""
         reach = (_guarded(assoc, retrieve_reach, assoc, sample) if sample else None) or {}
         if reach.get("get") == "attempted":
-            findings.append(Finding(
-                "DIMSE-GET-OPEN", "critical", where, "Images retrievable by C-GET",
+            findings.append(finding(
+                "DIMSE-GET-OPEN", where,
                 "the server started sending a study's images to a stranger (the scanner "
                 "accepted none of them)",
-                "Deny C-GET to unknown AEs (Orthanc: DicomAlwaysAllowGet false).",
             ))  # fmt: skip
         if reach.get("move") == "attempted":
-            findings.append(Finding(
-                "DIMSE-MOVE-ANY-DESTINATION", "critical", where,
-                "C-MOVE to an unregistered destination attempted",
+            findings.append(finding(
+                "DIMSE-MOVE-ANY-DESTINATION", where,
                 "the server accepted a C-MOVE to a destination it does not know",
-                "Allow C-MOVE only to registered destinations bound to addresses.",
             ))  # fmt: skip
     finally:
         if assoc.is_established:
@@ -450,8 +445,8 @@ def _fingerprint(where: str, attempt: Attempt) -> Finding:
         (name for root, name in FINGERPRINTS.items() if attempt.implementation.startswith(root)),
         "unknown product",
     )
-    return Finding(
-        "DIMSE-FINGERPRINT", "info", where, "Implementation identified",
+    return finding(
+        "DIMSE-FINGERPRINT", where,
         f"{product}: implementation class UID {attempt.implementation}, "
         f"version name '{attempt.version}'",
         details={"implementation_class_uid": attempt.implementation,
@@ -471,12 +466,10 @@ def _find_finding(where: str, tally: Tally, budget: int) -> Finding:
         counts["instances"] = Count(
             tally.instances, quality, "sum of NumberOfStudyRelatedInstances"
         )
-    return Finding(
-        "DIMSE-FIND-STUDY", "critical", where, "Anonymous study-level C-FIND",
+    return finding(
+        "DIMSE-FIND-STUDY", where,
         f"a stranger can list {tally.responses} studies"
         + (f" (stopped with C-CANCEL after {budget})" if tally.capped else ""),
-        "Deny C-FIND to unknown AEs (Orthanc: keep DicomAlwaysAllowFind false); require "
-        "registered peers with TLS client certificates; take DICOM off untrusted networks.",
         counts=counts,
         details={
             "modalities": sorted(tally.modalities),

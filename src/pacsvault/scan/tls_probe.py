@@ -11,6 +11,7 @@ import contextlib
 import socket
 import ssl
 
+from pacsvault.scan.catalogue import finding
 from pacsvault.scan.findings import Finding
 
 
@@ -39,12 +40,9 @@ def probe_tls(host: str, port: int, timeout: float = 5.0) -> list[Finding]:
     version = _handshake(host, port, timeout, None)
     if not version:
         return []
-    findings = [Finding("TLS-SUPPORTED", "info", where, "DICOM over TLS offered",
-                        f"negotiated {version}")]  # fmt: skip
+    findings = [finding("TLS-SUPPORTED", where, f"negotiated {version}")]
     if _handshake(host, port, timeout, ssl.TLSVersion.TLSv1_1):
-        findings.append(Finding(
-            "TLS-OLD-VERSION", "high", where, "TLS 1.1 or older accepted",
-            "the server completed a TLS 1.1 handshake",
-            "Follow the BCP 195 profile of PS3.15: TLS 1.2 minimum, 1.3 preferred.",
-        ))  # fmt: skip
+        findings.append(
+            finding("TLS-OLD-VERSION", where, "the server completed a TLS 1.1 handshake")
+        )
     return findings

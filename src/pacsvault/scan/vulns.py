@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from pacsvault.scan.catalogue import finding
 from pacsvault.scan.findings import Finding
 
 # (product, fixed-in version, CVEs, what they allow)
@@ -29,12 +30,11 @@ def _check(
     out = []
     for fixed, cves, impact in table:
         if version < fixed:
-            shown = ".".join(map(str, version))
-            out.append(Finding(
-                "VULN-KNOWN", "high", where, f"{product} {shown} has known vulnerabilities",
-                f"{cves} (fixed in {'.'.join(map(str, fixed))}): {impact}",
-                f"Upgrade {product} to {'.'.join(map(str, fixed))} or later.",
+            shown, fixed_in = ".".join(map(str, version)), ".".join(map(str, fixed))
+            out.append(finding(
+                "VULN-KNOWN", where, f"{cves} (fixed in {fixed_in}): {impact}",
                 details={"product": product, "version": shown, "cves": cves},
+                product=product, version=shown, fixed=fixed_in,
             ))  # fmt: skip
     return out
 

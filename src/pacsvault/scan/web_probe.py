@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from pacsvault.scan.catalogue import finding
 from pacsvault.scan.findings import Count, Finding
 from pacsvault.scan.vulns import from_orthanc_version
 
@@ -72,40 +73,35 @@ def probe_http(
     system = _get(base, "/system", timeout)
     info = _json(system)
     if isinstance(info, dict) and "Version" in info:
-        findings.append(Finding(
-            "WEB-ORTHANC-REST-OPEN", "critical", where, "Orthanc REST API open without login",
-            f"GET /system answered without credentials (Orthanc {info.get('Version')})",
-            "Enable AuthenticationEnabled with strong RegisteredUsers, keep RemoteAccessAllowed "
-            "false unless behind an authenticating proxy with TLS.",
-            details={"product": "Orthanc", "version": str(info.get("Version"))},
-        ))  # fmt: skip
-        findings += from_orthanc_version(str(info.get("Version")), where)
+        version = str(info.get("Version"))
         stats = _json(_get(base, "/statistics", timeout))
-        if isinstance(stats, dict):
-            method = "native counters (Orthanc /statistics)"
-            findings[0].counts = {
-                name: Count(int(stats.get(key, 0)), "exact", method)
-                for name, key in (("patients", "CountPatients"), ("studies", "CountStudies"),
-                                  ("series", "CountSeries"), ("instances", "CountInstances"))
-            }  # fmt: skip
+        method = "native counters (Orthanc /statistics)"
+        counts = {
+            name: Count(int(stats.get(key, 0)), "exact", method)
+            for name, key in (("patients", "CountPatients"), ("studies", "CountStudies"),
+                              ("series", "CountSeries"), ("instances", "CountInstances"))
+        } if isinstance(stats, dict) else None  # fmt: skip
+        findings.append(finding(
+            "WEB-ORTHANC-REST-OPEN", where,
+            f"GET /system answered without credentials (Orthanc {version})",
+            counts=counts, details={"product": "Orthanc", "version": version},
+        ))  # fmt: skip
+        findings += from_orthanc_version(version, where)
     elif system is not None and system.status == 401:
         auth_seen = True
     for path in QIDO_ROOTS:
         data = _json(_get(base, path, timeout))
         if isinstance(data, list):
-            findings.append(Finding(
-                "WEB-QIDO-OPEN", "critical", where, "DICOMweb QIDO-RS open without login",
+            findings.append(finding(
+                "WEB-QIDO-OPEN", where,
                 f"GET {path.split('?')[0]} listed studies without credentials",
-                "Require authentication (a token or session) on every DICOMweb route.",
             ))  # fmt: skip
             break
     for path in VIEWER_PAGES:
         page = _get(base, path, timeout)
         if page is not None and page.status == 200 and page.body:
-            findings.append(Finding(
-                "WEB-VIEWER-OPEN", "high", where, "Viewer page served without login",
-                f"GET {path} returned a page without credentials",
-                "Put the viewer behind a login.",
+            findings.append(finding(
+                "WEB-VIEWER-OPEN", where, f"GET {path} returned a page without credentials"
             ))  # fmt: skip
             break
         if page is not None and page.status == 401:
@@ -114,17 +110,15 @@ def probe_http(
         for user, password in DEFAULT_CREDENTIALS:
             reply = _get(base, "/system", timeout, (user, password))
             if reply is not None and reply.status == 200:
-                findings.append(Finding(
-                    "WEB-DEFAULT-CREDENTIALS", "critical", where, "Default login accepted",
+                findings.append(finding(
+                    "WEB-DEFAULT-CREDENTIALS", where,
                     f"the well-known login '{user}' with its default password was accepted",
-                    "Change the password now; use long random passwords and disable defaults.",
                 ))  # fmt: skip
                 break
     if not tls:
-        findings.append(Finding(
-            "WEB-CLEARTEXT", "medium", where, "Web service over cleartext HTTP",
+        findings.append(finding(
+            "WEB-CLEARTEXT", where,
             "credentials and images would cross the network readable"
             + (" (it asks for a login over plain HTTP)" if auth_seen else ""),
-            "Serve HTTPS only (TLS 1.2+), or bind HTTP to loopback behind a TLS proxy.",
         ))  # fmt: skip
     return findings
