@@ -1,0 +1,187 @@
+"""Helpers shared by the benchmark scripts (bench/ingest, bench/find).
+
+Starting pacsvault and Debian's Orthanc on loopback, waiting for them to answer
+C-ECHO, stopping them, and reading what the operating system knows about them.
+Nothing here is pacsvault code: the servers run as separate processes, as a user
+would run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+# DCMTK itself: pynetdicom installs Python apps with some of the same names.
+STORESCU = "/usr/bin/storescu"
+ECHOSCU = "/usr/bin/echoscu"
+FINDSCU = "/usr/bin/findscu"
+ORTHANC = "/usr/sbin/Orthanc"
+ORTHANC_CONFIG = HERE / "orthanc" / "bench-config.json"
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (the kernel's choice)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nodelay_env() -> dict[str, str]:
+    """This process's environment with ``TCP_NODELAY=1``, which DCMTK tools read."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def wait_for_echo(
+    aet: str, port: int, calling: str, proc: subprocess.Popen | None = None, timeout: float = 60
+) -> None:
+    """Return once *aet* on loopback *port* answers DCMTK echoscu as *calling*.
+
+    Raises RuntimeError after *timeout* seconds, or as soon as *proc* (the server)
+    exits; *proc*, when given, is stopped before anything is raised (Ctrl-C included).
+    """
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{aet} exited with status {proc.returncode} before answering")
+            ok = subprocess.run(
+                [ECHOSCU, "-aet", calling, "-aec", aet, "127.0.0.1", str(port)],
+                capture_output=True,
+            )
+            if ok.returncode == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{aet} did not answer C-ECHO on port {port} within {timeout:.0f} s")
+    except BaseException:
+        if proc is not None:
+            stop(proc)
+        raise
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM *proc*, then SIGKILL it if it has not exited within 20 s.
+
+    Interrupted while waiting (Ctrl-C), it kills the process before re-raising,
+    so no server outlives the benchmark.
+    """
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+
+
+def version(cmd: list[str]) -> str:
+    """The first line *cmd* prints (a tool's ``--version``), or ``?``."""
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0] if text else "?"
+
+
+def peak_rss_mib(pid: int) -> float:
+    """Peak resident set size (VmHWM) of a running process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def pacsvault_cmd(data: Path) -> list[str]:
+    """The ``pacsvault --data DATA`` command line, run by this interpreter."""
+    return [sys.executable, "-m", "pacsvault", "--data", str(data)]
+
+
+def pacsvault_env() -> dict[str, str]:
+    """The environment for pacsvault commands: this tree's src/ first on PYTHONPATH.
+
+    So the benchmark measures the pacsvault next to it, whatever the venv points at.
+    """
+    path = os.environ.get("PYTHONPATH")
+    src = str(ROOT / "src")
+    return {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{path}" if path else src}
+
+
+def init_pacsvault(data: Path, calling: str, allow: str, aet: str = "PACSVAULT") -> None:
+    """Create a pacsvault data directory with one loopback peer *calling* allowed *allow*."""
+    cmd = pacsvault_cmd(data)
+    env = pacsvault_env()
+    subprocess.run([*cmd, "init", "--aet", aet], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [*cmd, "peer", "add", "bench", "--aet", calling, "--host", "127.0.0.1",
+         "--allow", allow],
+        check=True, capture_output=True, env=env,
+    )  # fmt: skip
+
+
+def serve_pacsvault(data: Path, log: Path) -> tuple[subprocess.Popen, int]:
+    """Start ``pacsvault serve`` on loopback free ports; (process, DICOM port).
+
+    Does not wait for it: call :func:`wait_for_echo`.
+    """
+    port = free_port()
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(
+            [*pacsvault_cmd(data), "serve", "--bind", "127.0.0.1", "--dicom-port", str(port),
+             "--tls-port", str(free_port())],
+            stdout=subprocess.DEVNULL, stderr=err, env=pacsvault_env(),
+        )  # fmt: skip
+    return proc, port
+
+
+def pacsvault_instances(data: Path) -> int:
+    """How many instances pacsvault's ``status`` says *data* holds."""
+    out = subprocess.run(
+        [*pacsvault_cmd(data), "status"],
+        capture_output=True, text=True, check=True, env=pacsvault_env(),
+    ).stdout  # fmt: skip
+    line = next(x for x in out.splitlines() if x.startswith("instances:"))
+    return int(line.split(":")[1])
+
+
+def write_orthanc_config(
+    data: Path, dicom_port: int, http_port: int, overrides: dict[str, Any] | None = None
+) -> Path:
+    """Write bench/orthanc/bench-config.json for *data* and these ports, plus *overrides*."""
+    text = ORTHANC_CONFIG.read_text().replace("@DATA@", str(data))
+    text = text.replace("@DICOM_PORT@", str(dicom_port)).replace("@HTTP_PORT@", str(http_port))
+    config = json.loads(text)
+    config.update(overrides or {})
+    path = data / "config.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def start_orthanc_process(config: Path, log: Path) -> subprocess.Popen:
+    """Start Orthanc on *config* with ``TCP_NODELAY=1``; does not wait for it.
+
+    Orthanc's DICOM stack is DCMTK, which reads TCP_NODELAY from the environment:
+    this gives it the same no-delay sockets pacsvault always uses, so it runs at its best.
+    """
+    with open(log, "ab") as err:
+        return subprocess.Popen(
+            [ORTHANC, str(config)], env=nodelay_env(), stdout=subprocess.DEVNULL, stderr=err
+        )
+
+
+def orthanc_get(http_port: int, path: str, timeout: float = 60) -> Any:
+    """GET *path* from Orthanc's REST API on loopback, decoded from JSON."""
+    url = f"http://127.0.0.1:{http_port}{path}"
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.load(r)
