@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DATA   ?= ./pacsvault-data
 PORT   ?= 11112
 
-.PHONY: run test lint bench-ingest clean venv debs
+.PHONY: run test lint bench-ingest bench-find clean venv debs
 
 $(BIN)/pacsvault: pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
@@ -21,11 +21,11 @@ debs:
 	scripts/ensure-debian-packages /usr/bin/storescu:dcmtk /usr/sbin/Orthanc:orthanc
 
 test: venv debs
-	$(BIN)/ruff check .
+	$(BIN)/ruff check . bench/ingest bench/find
 	$(BIN)/python -m pytest -q
 
 lint: venv
-	$(BIN)/ruff check .
+	$(BIN)/ruff check . bench/ingest bench/find
 
 # Demo only: registers a loopback workstation DEMOSCU allowed every service.
 run: venv debs
@@ -46,6 +46,9 @@ run: venv debs
 bench-ingest: venv debs
 	scripts/ensure-debian-packages /usr/sbin/Orthanc:orthanc
 	$(BIN)/python bench/ingest
+
+bench-find: venv debs
+	$(BIN)/python bench/find
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

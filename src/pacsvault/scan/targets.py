@@ -7,6 +7,8 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from pacsvault.dicom.ae import AE_TITLE_RULE, is_ae_title
+
 DEFAULT_DICOM_PORTS = (104, 11112, 4242, 2761, 2762)
 DEFAULT_WEB_PORTS = (("http", 8042), ("http", 80), ("http", 8080), ("https", 443), ("https", 8443))
 MAX_HOSTS = 256  # a CIDR range larger than this is refused
@@ -58,8 +60,8 @@ def parse_target(text: str, ports: tuple[int, ...] = DEFAULT_DICOM_PORTS) -> lis
         return [Target(url.hostname, url.port or ports[0], url.username)]
     if "@" in text:
         aet, _, text = text.partition("@")
-        if not 0 < len(aet) <= 16:
-            raise TargetError("an AE title is 1-16 characters")
+        if not is_ae_title(aet):
+            raise TargetError(AE_TITLE_RULE)
     try:
         host, port = _split_host_port(text)
     except ValueError:
