@@ -139,7 +139,7 @@ def serve_pacsvault(data: Path, log: Path) -> tuple[subprocess.Popen, int]:
     with open(log, "ab") as err:
         proc = subprocess.Popen(
             [*pacsvault_cmd(data), "serve", "--bind", "127.0.0.1", "--dicom-port", str(port),
-             "--tls-port", str(free_port())],
+             "--tls-port", str(free_port()), "--https-port", str(free_port())],
             stdout=subprocess.DEVNULL, stderr=err, env=pacsvault_env(),
         )  # fmt: skip
     return proc, port

@@ -85,6 +85,7 @@ class Server:
     proc: subprocess.Popen | None = None
     extra_args: list[str] = field(default_factory=list)
     tls_port: int = field(default_factory=lambda: free_port())
+    https_port: int = field(default_factory=lambda: free_port())
 
     def start(self, timeout: float = 30) -> None:
         """Start and wait until listening; free ports are re-drawn if another process took one."""
@@ -92,7 +93,7 @@ class Server:
             try:
                 return self._start(timeout)
             except PortTaken:
-                self.port, self.tls_port = free_port(), free_port()
+                self.port, self.tls_port, self.https_port = free_port(), free_port(), free_port()
         raise AssertionError("could not find free ports")
 
     def _start(self, timeout: float) -> None:
@@ -112,6 +113,8 @@ class Server:
                 str(self.port),
                 "--tls-port",
                 str(self.tls_port),
+                "--https-port",
+                str(self.https_port),
                 *self.extra_args,
             ],
             stdout=self.log,

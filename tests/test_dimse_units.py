@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
+from pacsvault.dicom import status as st
 from pacsvault.dimse import messages as m
-from pacsvault.dimse import status as st
 from pacsvault.dimse.channel import BoundedBuffer, Channel, Discard
 from pacsvault.dimse.negotiation import ProposedContext, negotiate
 from pacsvault.dimse.wire import Wire, WireError
@@ -18,7 +18,10 @@ from pacsvault.security.peers import new_peer, parse_services
 def test_every_named_status_is_in_the_table() -> None:
     named = {v for k, v in vars(st).items() if k.isupper() and isinstance(v, int)}
     assert named <= set(st.STATUSES)
-    assert set(st.STORE_STATUS.values()) <= set(st.STATUSES)
+    from pacsvault.storage.archive import STORE_STATUS, StoreStatus
+
+    assert set(STORE_STATUS) == set(StoreStatus)
+    assert set(STORE_STATUS.values()) <= set(st.STATUSES)
 
 
 @pytest.mark.parametrize(

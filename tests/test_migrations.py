@@ -226,7 +226,15 @@ def test_an_index_from_newer_code_is_refused(data_dir: Path) -> None:
     sql(data_dir, "UPDATE meta SET value = '999' WHERE key = 'schema'")
     for args in (
         ("status",),
-        ("serve", "--dicom-port", str(free_port()), "--tls-port", str(free_port())),
+        (
+            "serve",
+            "--dicom-port",
+            str(free_port()),
+            "--tls-port",
+            str(free_port()),
+            "--https-port",
+            str(free_port()),
+        ),
     ):
         proc = cli(data_dir, *args, check=False)
         assert proc.returncode == 2, proc.stdout + proc.stderr

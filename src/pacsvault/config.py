@@ -130,6 +130,34 @@ class AuditSettings(_Section):
     syslog_client_key: str = ""
 
 
+class WebSettings(_Section):
+    """The HTTPS server: DICOMweb, the viewer, the admin API (same bind rule as DICOM)."""
+
+    enabled: bool = True
+    port: int = Field(default=8443, ge=1, le=65535)
+    # Plain HTTP that only redirects to HTTPS (0: none). Never serves content.
+    http_redirect_port: int = Field(default=0, ge=0, le=65535)
+    # Browser sessions: idle and absolute lifetime, seconds.
+    session_idle: float = Field(default=900.0, gt=0)
+    session_absolute: float = Field(default=43200.0, gt=0)
+    # Limits per request and per client.
+    max_header_bytes: int = Field(default=16384, ge=1024)
+    max_body_bytes: int = Field(default=4 * 1024**3, ge=1024 * 1024)  # STOW of big objects
+    request_timeout: float = Field(default=300.0, gt=0)
+    max_requests_per_client: int = Field(default=32, ge=1)
+    query_page_size: int = Field(default=1000, ge=1)  # QIDO answers without ?limit
+    max_query_results: int = Field(default=100000, ge=1)  # the most ?limit may ask
+    # Origins allowed to call DICOMweb with a token (an OHIF deployment elsewhere).
+    cors_origins: list[str] = Field(default_factory=list)
+    # OpenID Connect bearer tokens: issuer URL, audience, JWKS URL (default from the
+    # issuer's discovery document), the claim naming roles, and claim value -> role.
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    oidc_jwks_url: str = ""
+    oidc_role_claim: str = "roles"
+    oidc_roles: dict[str, str] = Field(default_factory=dict)
+
+
 class Settings(_Section):
     """All of pacsvault's settings."""
 
@@ -138,6 +166,7 @@ class Settings(_Section):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
 
 class SettingsError(Exception):
@@ -272,4 +301,32 @@ syslog_port = 6514
 syslog_ca_file = ""
 syslog_client_cert = ""
 syslog_client_key = ""
+[web]
+# HTTPS: DICOMweb (/dicom-web), the viewer and the admin API (/api), every route
+# behind a login or a token. Binds where [dicom] bind says (loopback until changed).
+enabled = true
+port = 8443
+# A plain HTTP port that only redirects to HTTPS (0: none).
+http_redirect_port = 0
+# Browser sessions end after this many seconds idle, and after this many in all.
+session_idle = 900
+session_absolute = 43200
+# Limits: header bytes, body bytes (a STOW of large objects), seconds per request,
+# concurrent requests per client address; QIDO answers when no limit is asked, and
+# the most a limit may ask for.
+max_header_bytes = 16384
+max_body_bytes = 4294967296
+request_timeout = 300
+max_requests_per_client = 32
+query_page_size = 1000
+max_query_results = 100000
+# Other origins allowed to use DICOMweb with a token, e.g. ["https://ohif.example.org"].
+cors_origins = []
+# OpenID Connect bearer tokens (empty issuer: off). Roles come from oidc_role_claim,
+# mapped by oidc_roles, e.g. {{ "pacs-radiologists" = "radiologist" }}.
+oidc_issuer = ""
+oidc_audience = ""
+oidc_jwks_url = ""
+oidc_role_claim = "roles"
+oidc_roles = {{}}
 '''

@@ -25,6 +25,7 @@ from pacsvault.security.audit_keys import load_signer
 from pacsvault.security.audit_log import CheckpointLog
 from pacsvault.security.authn import IdentityVerifier
 from pacsvault.security.identity import Principal
+from pacsvault.security.oidc import OidcVerifier
 from pacsvault.security.policy import AccessPolicy
 from pacsvault.security.secrets import pseudonymizer
 from pacsvault.security.tls import SERVER_CERT, SERVER_KEY, LocalCA, server_context
@@ -36,6 +37,7 @@ from pacsvault.storage.index import Index
 from pacsvault.storage.lockout import Lockout
 from pacsvault.storage.peers import PeerRepository
 from pacsvault.storage.users import UserRepository
+from pacsvault.storage.web_sessions import WebSessionRepository
 from pacsvault.storage.writer import IndexWriter
 
 INDEX_FILE = "index.sqlite"
@@ -43,6 +45,14 @@ INDEX_FILE = "index.sqlite"
 
 class SiteError(Exception):
     """The data directory cannot be created or opened; the message says why."""
+
+
+def _oidc(settings: Settings) -> OidcVerifier | None:
+    web = settings.web
+    if not web.oidc_issuer:
+        return None
+    return OidcVerifier(web.oidc_issuer, web.oidc_audience, jwks_url=web.oidc_jwks_url,
+                        role_claim=web.oidc_role_claim, roles=web.oidc_roles)  # fmt: skip
 
 
 def index_url(data_dir: Path, settings: Settings) -> str:
@@ -73,6 +83,7 @@ class Site:
         self.audit.ensure_genesis(new_site=new_site)
         self.peers = PeerRepository(self.index.engine)
         self.users = UserRepository(self.index.engine)
+        self.web_sessions = WebSessionRepository(self.index.engine)
         sec = settings.security
         self.lockout = Lockout(
             self.index,
@@ -89,6 +100,9 @@ class Site:
             lockout=self.lockout,
             shares=self.users,
             cleartext_networks=settings.dicom.cleartext_networks,
+            web=self.web_sessions,
+            session_idle=settings.web.session_idle,
+            oidc=_oidc(settings),
         )
         self.archive = Archive(
             self.index,
@@ -102,8 +116,9 @@ class Site:
         )
         self.ca = LocalCA(data_dir)
         self.admin = Administration(
-            self.writer.submit, self.audit, self.policy, self.peers, self.users, self.ca
-        )
+            self.writer.submit, self.audit, self.policy, self.peers, self.users, self.ca,
+            self.web_sessions,
+        )  # fmt: skip
         self._closed = False
 
     def operator(self) -> Principal:

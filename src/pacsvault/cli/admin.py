@@ -106,6 +106,57 @@ def cmd_user_link(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_totp(args: argparse.Namespace) -> int:
+    from pacsvault.security.totp import provisioning_uri
+
+    with open_site(args.data_dir) as site:
+        secret = site.admin.set_second_factor(site.operator(), args.name, not args.disable)
+    if secret is None:
+        print(f"second factor removed for {args.name}")
+        return 0
+    print(f"second factor for {args.name}: add this to an authenticator app (shown once)")
+    print(f"secret: {secret}")
+    print(provisioning_uri(secret, args.name))
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    expires = time.time() + parse_duration(args.expires) if args.expires else None
+    with open_site(args.data_dir) as site:
+        new = site.admin.create_token(site.operator(), args.user, args.scope, expires)
+    until = time.strftime("%Y-%m-%d %H:%M", time.localtime(expires)) if expires else "revoked"
+    print(f"token {new.id} for {args.user}, scope {args.scope}, until {until} (shown once):")
+    print(new.text)
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    with open_site(args.data_dir) as site:
+        records = site.web_sessions.tokens(args.user)
+    if not records:
+        print("no tokens")
+    now = time.time()
+    for t in records:
+        if t.revoked_at is not None:
+            state = "revoked"
+        elif t.expires_at is not None and t.expires_at < now:
+            state = "expired"
+        else:
+            state = "active"
+        until = (
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(t.expires_at)) if t.expires_at else "-"
+        )
+        print(f"{t.id}\t{t.user_name}\t{t.scope.value}\t{state}\tuntil {until}")
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    with open_site(args.data_dir) as site:
+        done = site.admin.revoke_token(site.operator(), args.id)
+    print(f"token {args.id} revoked" if done else f"no active token {args.id}")
+    return 0 if done else 1
+
+
 def cmd_user_list(args: argparse.Namespace) -> int:
     with open_site(args.data_dir) as site:
         users = site.users.list()
@@ -244,6 +295,26 @@ def _register_user(sub: Subparsers, common: argparse.ArgumentParser) -> None:
                       help="a ReferringPhysicianName, as in the studies")  # fmt: skip
     link.add_argument("--unlink", action="store_true", help="remove the link instead")
     link.set_defaults(func=cmd_user_link)
+    t = user_sub.add_parser("totp", parents=[common], help="a second factor (TOTP) for web logins")
+    t.add_argument("name")
+    t.add_argument("--disable", action="store_true", help="remove the second factor")
+    t.set_defaults(func=cmd_user_totp)
+
+
+def _register_token(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("token", parents=[common], help="API tokens for programs and viewers")
+    token_sub = p.add_subparsers(dest="token_cmd", required=True)
+    c = token_sub.add_parser("create", parents=[common], help="a token, shown once")
+    c.add_argument("--user", required=True)
+    c.add_argument("--scope", default="read", choices=["read", "write", "admin"])
+    c.add_argument("--expires", metavar="30d", help="lifetime (s, m, h, d, w); default: none")
+    c.set_defaults(func=cmd_token_create)
+    ls = token_sub.add_parser("list", parents=[common], help="tokens (never their secrets)")
+    ls.add_argument("--user")
+    ls.set_defaults(func=cmd_token_list)
+    r = token_sub.add_parser("revoke", parents=[common], help="revoke a token")
+    r.add_argument("id")
+    r.set_defaults(func=cmd_token_revoke)
 
 
 def _register_share(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -285,5 +356,6 @@ def _register_lockout(sub: Subparsers, common: argparse.ArgumentParser) -> None:
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     _register_peer(sub, common)
     _register_user(sub, common)
+    _register_token(sub, common)
     _register_share(sub, common)
     _register_lockout(sub, common)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import ssl
 import sys
 import threading
 from pathlib import Path
@@ -40,6 +41,8 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
         dicom.port = args.dicom_port
     if args.tls_port is not None:
         settings.tls.port = args.tls_port
+    if args.https_port is not None:
+        settings.web.port = args.https_port
     settings.dicom = dicom = type(dicom).model_validate(dicom.model_dump())  # re-validate
     if dicom.cleartext and not is_loopback(dicom.bind):
         if not dicom.cleartext_networks:
@@ -80,10 +83,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         check_at_startup(site, operator)  # warns (never refuses) when blobs and index disagree
         server = DicomServer(settings.dicom, site.archive, site.policy, tls=tls,
                              tls_port=settings.tls.port if tls else None)  # fmt: skip
+        web = _web_server(site)
         try:
             server.start()
+            if web is not None:
+                web.start()
         except OSError as exc:
             server.stop()
+            if web is not None:
+                web.stop()
             raise CommandError(f"cannot listen on {settings.dicom.bind}: {exc.strerror}") from None
         forwarder = None
         if settings.audit.syslog_host:
@@ -92,15 +100,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             forwarder = AuditForwarder(site.audit, settings.audit, settings.dicom.ae_title,
                                        site.audit.log)  # fmt: skip
             forwarder.start()
-        listeners = ", ".join(
-            f"{host}:{port} ({'TLS' if kind == 'dicom-tls' else 'cleartext'})"
-            for kind, host, port in server.listeners
-        )
+        labels = {"dicom": "cleartext", "dicom-tls": "TLS", "https": "HTTPS",
+                  "http-redirect": "HTTP redirect"}  # fmt: skip
+        everything = server.listeners + (web.listeners if web is not None else [])
+        listeners = ", ".join(f"{host}:{port} ({labels[kind]})" for kind, host, port in everything)
         site.audit.record(Action.APPLICATION_START, Outcome.SUCCESS, operator.actor,
                           detail=f"listening on {listeners}")  # fmt: skip
         ae = settings.dicom.ae_title
         print(f"pacsvault {__version__}: DICOM AE '{ae}' listening on {listeners}", flush=True)
         _wait_for_signal()
+        if web is not None:
+            web.stop()
         server.stop()
         site.audit.record(Action.APPLICATION_STOP, Outcome.SUCCESS, operator.actor)
         site.audit.close()  # the final checkpoint: this shutdown was clean
@@ -108,6 +118,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
             forwarder.stop()
     print("pacsvault stopped", flush=True)
     return 0
+
+
+def _web_server(site: Site):  # type: ignore[no-untyped-def]
+    """The HTTPS server of *site*, or None when it is disabled."""
+    if not site.settings.web.enabled:
+        return None
+    from pacsvault.security.tls import https_context
+    from pacsvault.web.server import WebServer
+
+    cert, key = site.tls_files()
+    try:
+        context = https_context(cert, key)
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        raise CommandError(f"cannot load the TLS certificate and key for HTTPS: {exc}") from None
+    return WebServer(site, context, cert, key, site.settings.dicom.bind, site.settings.web.port)
 
 
 def _wait_for_signal() -> None:
@@ -153,6 +178,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"DICOM-TLS listener: AE {d.ae_title} on {d.bind}:{t.port}; certificate {note}")
         else:
             print("DICOM-TLS listener: disabled")
+        w = site.settings.web
+        if w.enabled:
+            redirect = (
+                f", HTTP redirect on port {w.http_redirect_port}" if w.http_redirect_port else ""
+            )
+            print(f"HTTPS listener: {d.bind}:{w.port} (DICOMweb at /dicom-web){redirect}")
+        else:
+            print("HTTPS listener: disabled")
         print(f"peers: {len(site.peers.list())}, users: {len(site.users.list())}")
         locked = site.lockout.entries()
         if locked:
@@ -182,6 +215,7 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("--bind", metavar="ADDRESS", help="listen address (overrides settings)")
     p.add_argument("--dicom-port", type=int, metavar="N", help="DICOM port (overrides settings)")
     p.add_argument("--tls-port", type=int, metavar="N", help="DICOM-TLS port (overrides settings)")
+    p.add_argument("--https-port", type=int, metavar="N", help="HTTPS port (overrides settings)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", parents=[common], help="show counts and listeners")

@@ -59,6 +59,22 @@ def split_part10(data: bytes) -> tuple[str, int]:
     return str(ts).strip(), fp.tell()
 
 
+def read_file_meta(head: bytes) -> tuple[str, str, str, int]:
+    """(transfer syntax, SOP class, SOP instance, dataset offset) of a Part-10 file's start.
+
+    *head* must hold the whole file meta group. The UIDs are as the meta states them
+    (not yet validated: the dataset's own rule). Raises :class:`NotDicom`.
+    """
+    ts, offset = split_part10(head)
+    try:
+        meta = read_dataset(BytesIO(head[132:offset]), is_implicit_VR=False, is_little_endian=True)
+    except Exception as exc:
+        raise NotDicom(f"unreadable file meta information ({type(exc).__name__})") from None
+    sop_class = str(meta.get("MediaStorageSOPClassUID", "") or "").strip(" \x00")
+    sop_instance = str(meta.get("MediaStorageSOPInstanceUID", "") or "").strip(" \x00")
+    return ts, sop_class, sop_instance, offset
+
+
 def meta_length(head: bytes) -> int:
     """Offset of the dataset in a Part-10 file, from its first 144 bytes.
 

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 
+from pacsvault.dicom import status as st
 from pacsvault.dicom.matching import InvalidQuery
 from pacsvault.dicom.query import PATIENT_ROOT, STUDY_ROOT, Query, find_response, parse_identifier
 from pacsvault.dimse import messages as m
-from pacsvault.dimse import status as st
 from pacsvault.dimse.channel import BoundedBuffer, Discard, Message, Sink
 from pacsvault.dimse.negotiation import Context
 from pacsvault.dimse.outbound import Retrieval, move_contexts
@@ -129,7 +129,7 @@ class DimseServices:
             return
         if not result.status.ok:
             log.warning("store refused: %s", result.status.value)
-        code, comment = st.store_status(result)
+        code, comment = result.dicom_status()
         assoc.reply(msg, rsp, code, comment, **extra)
 
     def _identifier(self, assoc: AcceptorAssociation, msg: Message, action: Action) -> Query | str:

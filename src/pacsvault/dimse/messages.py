@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from io import BytesIO
 
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
-from pydicom.uid import UID
+from pacsvault.dicom.transcode import decode_dataset, encode_dataset
+
+__all__ = ["decode_dataset", "encode_dataset"]
 
 C_STORE_RQ = 0x0001
 C_GET_RQ = 0x0010
@@ -192,26 +190,3 @@ _EXTRA = {
     "warning": WARNING,
     "offending_element": OFFENDING_ELEMENT,
 }
-
-
-def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
-    """A (small) dataset, e.g. a query identifier, in *transfer_syntax*."""
-    ts = UID(transfer_syntax)
-    ds = read_dataset(
-        BytesIO(data), is_implicit_VR=ts.is_implicit_VR, is_little_endian=ts.is_little_endian
-    )
-    ds.set_original_encoding(ts.is_implicit_VR, ts.is_little_endian)
-    return ds
-
-
-def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
-    """*ds* encoded in *transfer_syntax* (uncompressed syntaxes only)."""
-    ts = UID(transfer_syntax)
-    fp = BytesIO()
-    from pydicom.filebase import DicomFileLike
-
-    out = DicomFileLike(fp)
-    out.is_little_endian = ts.is_little_endian
-    out.is_implicit_VR = ts.is_implicit_VR
-    write_dataset(out, ds)
-    return fp.getvalue()

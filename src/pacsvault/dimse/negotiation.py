@@ -30,6 +30,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import _STORAGE_CLASSES, _VERIFICATION_CLASSES
 
 from pacsvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacsvault.dicom.transcode import UNCOMPRESSED
 from pacsvault.security.peers import Peer, Service
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
@@ -43,11 +44,6 @@ QUERY_MODELS = {
     "1.2.840.10008.5.1.4.1.2.2.3": Service.GET,
 }
 
-UNCOMPRESSED = (
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
-)
 STORAGE_TRANSFER_SYNTAXES = frozenset(str(ts) for ts in AllTransferSyntaxes)
 _STORAGE_UIDS = frozenset(str(u) for u in _STORAGE_CLASSES.values())
 _VERIFICATION_UIDS = frozenset(str(u) for u in _VERIFICATION_CLASSES.values())

@@ -15,12 +15,13 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pydicom import dcmread
 from pynetdicom.presentation import PresentationContext
 
+from pacsvault.dicom import status as st
 from pacsvault.dicom.part10 import NotDicom, meta_length
+from pacsvault.dicom.transcode import TranscodeError
+from pacsvault.dicom.transcode import transcode as convert
 from pacsvault.dimse import messages as m
-from pacsvault.dimse import status as st
 from pacsvault.dimse.channel import Channel, Discard
 from pacsvault.dimse.negotiation import UNCOMPRESSED, Context, ProposedContext
 from pacsvault.security.identity import Principal
@@ -159,12 +160,11 @@ class StoreRequester:
                 offset = meta_length(stream.read(144))
                 stream.seek(offset)
                 if transcode:
-                    ds = dcmread(stream, force=True)
-                    data = m.encode_dataset(ds, cx.transfer_syntax)
+                    data = convert(stream, inst.transfer_syntax_uid, cx.transfer_syntax)
                     self.channel.send(cx.id, fields, data)
                 else:
                     self.channel.send_stream(cx.id, fields, stream, inst.size - offset)
-        except (OSError, NotDicom) as exc:
+        except (OSError, NotDicom, TranscodeError) as exc:
             log.error("stored object unreadable: %s", type(exc).__name__)
             return st.SUB_OPERATIONS_FAILED
         return self._await_response(message_id)

@@ -41,6 +41,8 @@ class AccountDirectory(Protocol):
 
     def authenticate(self, name: str, password: str) -> User | None: ...
 
+    def totp_secret(self, name: str) -> str | None: ...
+
 
 class IdentityVerifier:
     """Verifies user identity negotiation items against the users and JWT keys."""

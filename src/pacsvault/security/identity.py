@@ -75,6 +75,7 @@ class Proof(StrEnum):
     ADDRESS = "address"  # registered AE title from its registered address
     CERTIFICATE = "certificate"  # a TLS client certificate issued to it
     PASSCODE = "passcode"  # DICOM user identity or web login password
+    TOTP = "totp"  # a second factor
     JWT = "jwt"
     TOKEN = "token"
     SESSION = "session"

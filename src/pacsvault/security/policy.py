@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from pacsvault.security import tokens, totp
 from pacsvault.security.audit import Action, AuditUnavailable, Outcome
 from pacsvault.security.authn import USERNAME, IdentityVerifier
 from pacsvault.security.identity import (
@@ -38,7 +40,11 @@ from pacsvault.security.peers import (
     TlsMode,
 )
 from pacsvault.security.tls import TlsInfo
+from pacsvault.security.tokens import SessionRecord, TokenRecord
 from pacsvault.security.users import Role, User
+
+if TYPE_CHECKING:
+    from pacsvault.security.oidc import OidcVerifier
 
 log = logging.getLogger("pacsvault.policy")
 
@@ -96,6 +102,18 @@ class ShareDirectory(Protocol):
     """Studies shared with users, until their expiry."""
 
     def studies_shared_with(self, user: str) -> list[str]: ...
+
+
+class WebCredentials(Protocol):
+    """Browser sessions, API tokens and second-factor secrets (storage.web_sessions, users)."""
+
+    def session(self, id_hash: str) -> SessionRecord | None: ...
+
+    def touch_session(self, id_hash: str, now: float) -> None: ...
+
+    def token(self, token_id: str) -> TokenRecord | None: ...
+
+    def token_used(self, token_id: str, now: float) -> None: ...
 
 
 class LockoutCounters(Protocol):
@@ -157,6 +175,9 @@ class AccessPolicy:
         lockout: LockoutCounters | None = None,
         shares: ShareDirectory | None = None,
         cleartext_networks: list[str] | None = None,
+        web: WebCredentials | None = None,
+        session_idle: float = 900.0,
+        oidc: OidcVerifier | None = None,
     ) -> None:
         self.ae_title = ae_title
         self.peers = peers
@@ -167,6 +188,9 @@ class AccessPolicy:
         self.cleartext_networks = [
             ipaddress.ip_network(n, strict=False) for n in (cleartext_networks or [])
         ]
+        self.web = web
+        self.session_idle = session_idle
+        self.oidc = oidc
 
     # -- authentication --------------------------------------------------------------------
 
@@ -354,6 +378,100 @@ class AccessPolicy:
                           detail=why, best_effort=True)  # fmt: skip
         if count:
             self._count_failure(address_key(address), None, why)
+
+    # -- the web door ----------------------------------------------------------------------
+
+    def authenticate_login(
+        self, name: str, password: str, code: str | None, address: str
+    ) -> Principal | Refusal:
+        """A browser login: password and, when the user has one, the second factor.
+
+        Every failure gets the same refusal (a guesser learns nothing), is audited and
+        counts towards the lockout of both the address and the account; a locked one is
+        refused even with the right password.
+        """
+        keys = [address_key(address), account_key(name)]
+        if self.lockout is not None and self.lockout.locked(*keys):
+            return self._login_refused(name, address, "address or account is locked out",
+                                       count=False)  # fmt: skip
+        user = self.identities.users.authenticate(name, password) if self.identities else None
+        if user is None:
+            return self._login_refused(name, address, "wrong user name or password")
+        secret = self.identities.users.totp_secret(name) if self.identities else None
+        proofs = {Proof.PASSCODE}
+        if secret:
+            if not code or not totp.verify(secret, code):
+                return self._login_refused(name, address, "second factor missing or wrong")
+            proofs.add(Proof.TOTP)
+        principal = self.user_principal(user, address, Proof.SESSION)
+        principal = Principal(principal.actor, principal.permissions,
+                              frozenset(proofs | {Proof.SESSION}), None, user)  # fmt: skip
+        self.audit.record(Action.LOGIN, Outcome.SUCCESS, principal.actor, detail="web login")
+        return principal
+
+    def _login_refused(
+        self, name: str, address: str, why: str, *, count: bool = True
+    ) -> Refusal:
+        log.warning("login refused from %s: %s", address, why)
+        self.audit.record(Action.LOGIN, Outcome.REFUSED, Actor.unknown(address, None),
+                          detail=why, best_effort=True)  # fmt: skip
+        if count:
+            self._count_failure(address_key(address), name, why)
+        return Refusal(RefusalReason.IDENTITY, why)
+
+    def authenticate_session(self, secret: str, address: str) -> Principal | Refusal:
+        """The user of a browser session cookie, if the session is alive (idle and absolute
+        limits); the session's last use is updated."""
+        if self.web is None or self.identities is None:
+            return Refusal(RefusalReason.IDENTITY, "no web sessions here")
+        id_hash = tokens.digest(secret)
+        record = self.web.session(id_hash)
+        now = time.time()
+        if record is None or now > record.expires_at or now - record.last_seen > self.session_idle:
+            return Refusal(RefusalReason.IDENTITY, "no session, or it expired")
+        user = self.identities.users.get(record.user_name)
+        if user is None or user.disabled:
+            return Refusal(RefusalReason.IDENTITY, "the session's user is disabled")
+        self.web.touch_session(id_hash, now)
+        return self.user_principal(user, address, Proof.SESSION)
+
+    def authenticate_bearer(self, token: str, address: str) -> Principal | Refusal:
+        """An ``Authorization: Bearer`` token: one of ours (``pvt_...``) or, when an issuer
+        is configured, an OpenID Connect access token. Failures count towards the address's
+        lockout."""
+        if self.lockout is not None and self.lockout.locked(address_key(address)):
+            return Refusal(RefusalReason.IDENTITY, "source address is locked out")
+        parsed = tokens.parse_token(token)
+        if parsed is not None:
+            outcome = self._api_token(*parsed, address)
+        elif self.oidc is not None:
+            outcome = self.oidc.verify(token, address, self)
+        else:
+            outcome = Refusal(RefusalReason.IDENTITY, "not a token this server issued")
+        if isinstance(outcome, Refusal):
+            self.audit.record(Action.LOGIN, Outcome.REFUSED, Actor.unknown(address, None),
+                              detail=f"bearer token: {outcome.why}", best_effort=True)  # fmt: skip
+            self._count_failure(address_key(address), None, outcome.why)
+        return outcome
+
+    def _api_token(self, token_id: str, secret: str, address: str) -> Principal | Refusal:
+        if self.web is None or self.identities is None:
+            return Refusal(RefusalReason.IDENTITY, "no tokens here")
+        record = self.web.token(token_id)
+        now = time.time()
+        if record is None or not tokens.same_secret(secret, record.secret_hash):
+            return Refusal(RefusalReason.IDENTITY, "unknown token")
+        if record.revoked_at is not None:
+            return Refusal(RefusalReason.IDENTITY, f"token {token_id} was revoked")
+        if record.expires_at is not None and now > record.expires_at:
+            return Refusal(RefusalReason.IDENTITY, f"token {token_id} expired")
+        user = self.identities.users.get(record.user_name)
+        if user is None or user.disabled:
+            return Refusal(RefusalReason.IDENTITY, "the token's user is disabled")
+        self.web.token_used(token_id, now)
+        base = self.user_principal(user, address, Proof.TOKEN)
+        return Principal(base.actor, base.permissions & tokens.SCOPE_PERMISSIONS[record.scope],
+                         base.proofs, None, user)  # fmt: skip
 
     # -- authorization ---------------------------------------------------------------------
 

@@ -16,11 +16,13 @@ from typing import Any
 from sqlalchemy import Connection
 
 from pacsvault.dicom.uids import require_uid
+from pacsvault.security import totp
 from pacsvault.security.audit import Action, Outcome
 from pacsvault.security.identity import Permission, Principal
 from pacsvault.security.peers import Peer, PeerError
 from pacsvault.security.policy import AccessPolicy, NotPermitted
 from pacsvault.security.tls import LocalCA
+from pacsvault.security.tokens import NewToken, TokenScope, digest, new_token
 from pacsvault.security.users import (
     User,
     UserError,
@@ -33,6 +35,7 @@ from pacsvault.storage.audit import AuditTrail
 from pacsvault.storage.lockout import Lockout
 from pacsvault.storage.peers import PeerRepository
 from pacsvault.storage.users import UserRepository
+from pacsvault.storage.web_sessions import WebSessionRepository
 
 log = logging.getLogger("pacsvault.admin")
 
@@ -51,6 +54,7 @@ class Administration:
         peers: PeerRepository,
         users: UserRepository,
         ca: LocalCA,
+        web: WebSessionRepository,
     ) -> None:
         self._submit = submit
         self.audit = audit
@@ -58,6 +62,7 @@ class Administration:
         self.peers = peers
         self.users = users
         self.ca = ca
+        self.web = web
 
     def _change(
         self,
@@ -118,17 +123,60 @@ class Administration:
         return password
 
     def set_user_disabled(self, by: Principal, name: str, disabled: bool) -> None:
+        """Disable (ending its sessions) or enable a user."""
         verb = "disable" if disabled else "enable"
-        self._change(by, Action.USER_CHANGE, f"{verb} {name}",
-                     lambda c: self.users.update(c, name, disabled=int(disabled)))  # fmt: skip
+
+        def change(c: Connection) -> None:
+            self.users.update(c, name, disabled=int(disabled))
+            if disabled:
+                self.web.end_sessions_of(c, name)
+
+        self._change(by, Action.USER_CHANGE, f"{verb} {name}", change)
 
     def reset_password(self, by: Principal, name: str) -> str:
-        """Replace the user's password with a generated one; returns it (shown once)."""
+        """Replace the user's password with a generated one (ending its sessions); returns
+        it (shown once)."""
         password = generate_password()
         hashed = hash_password(password)
-        self._change(by, Action.USER_CHANGE, f"new password for {name}",
-                     lambda c: self.users.update(c, name, password_hash=hashed))  # fmt: skip
+
+        def change(c: Connection) -> None:
+            self.users.update(c, name, password_hash=hashed)
+            self.web.end_sessions_of(c, name)
+
+        self._change(by, Action.USER_CHANGE, f"new password for {name}", change)
         return password
+
+    def set_second_factor(self, by: Principal, name: str, enabled: bool) -> str | None:
+        """Give *name* a new TOTP secret (returned, shown once) or remove its second factor."""
+        secret = totp.new_secret() if enabled else None
+        what = "new second factor for" if enabled else "second factor removed for"
+        self._change(by, Action.USER_CHANGE, f"{what} {name}",
+                     lambda c: self.users.update(c, name, totp_secret=secret))  # fmt: skip
+        return secret
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def create_token(
+        self, by: Principal, user: str, scope: str, expires_at: float | None
+    ) -> NewToken:
+        """A new API token for *user* (its text is returned once; only a hash is kept)."""
+        self._user(user)
+        try:
+            scope_value = TokenScope(scope)
+        except ValueError:
+            raise UserError(f"a token scope is one of {', '.join(TokenScope)}") from None
+        new = new_token()
+        until = f" until {expires_at:.0f}" if expires_at else ""
+        self._change(
+            by, Action.USER_CHANGE, f"token {new.id} for {user} scope={scope_value.value}{until}",
+            lambda c: self.web.insert_token(c, new.id, user, digest(new.secret), scope_value,
+                                            expires_at, by.name),
+        )  # fmt: skip
+        return new
+
+    def revoke_token(self, by: Principal, token_id: str) -> bool:
+        return bool(self._change(by, Action.USER_CHANGE, f"revoke token {token_id}",
+                                 lambda c: self.web.revoke_token(c, token_id)))  # fmt: skip
 
     def set_role(self, by: Principal, name: str, role: str) -> None:
         role_value = parse_role(role)

@@ -23,6 +23,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from pacsvault.config import DuplicatePolicy
+from pacsvault.dicom import status as st
 from pacsvault.dicom.attributes import IndexAttribute, Level, character_set, index_values
 from pacsvault.dicom.matching import Condition
 from pacsvault.dicom.part10 import (
@@ -77,6 +78,26 @@ class StoreResult:
     reason: str = ""
     sop_instance_uid: str | None = None
     study_instance_uid: str | None = None
+
+    def dicom_status(self) -> tuple[int, str | None]:
+        """The DICOM status (C-STORE response, STOW-RS reason) and its comment (no PHI)."""
+        code = STORE_STATUS[self.status]
+        return code, (self.reason or None) if code != st.SUCCESS else None
+
+
+#: The DICOM status for each outcome of a store.
+STORE_STATUS = {
+    StoreStatus.STORED: st.SUCCESS,
+    StoreStatus.IDENTICAL_DUPLICATE: st.SUCCESS,
+    StoreStatus.REPLACED: st.SUCCESS,
+    StoreStatus.DUPLICATE_KEPT_FIRST: st.ELEMENTS_DISCARDED,
+    StoreStatus.DUPLICATE_REJECTED: st.DUPLICATE_SOP_INSTANCE,
+    StoreStatus.INVALID: st.CANNOT_UNDERSTAND,
+    StoreStatus.MISMATCH: st.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+    StoreStatus.OUT_OF_RESOURCES: st.OUT_OF_RESOURCES,
+    StoreStatus.TOO_LARGE: st.OUT_OF_RESOURCES,
+    StoreStatus.NOT_PERMITTED: st.REFUSED_NOT_AUTHORIZED,
+}
 
 
 class Incoming:
@@ -234,9 +255,13 @@ class Archive:
         *,
         expected_sop_class: str | None = None,
         expected_sop_instance: str | None = None,
+        expected_study: str | None = None,
         action: Action = Action.STORE,
     ) -> StoreResult:
         """Validate, index and publish a received dataset.
+
+        The *expected_* UIDs are what the request named (a C-STORE's affected SOP class
+        and instance, a STOW-RS URL's study): a dataset that says otherwise is refused.
 
         Returns only once the object and its index row are durable, or with a refusal
         that kept nothing. Never raises for bad input; the staged data is always
@@ -249,7 +274,7 @@ class Archive:
             else:
                 result = self._store(
                     actor, incoming, transfer_syntax, expected_sop_class, expected_sop_instance,
-                    action,
+                    expected_study, action,
                 )  # fmt: skip
         finally:
             incoming.discard()
@@ -311,6 +336,7 @@ class Archive:
         transfer_syntax: str,
         expected_class: str | None,
         expected_instance: str | None,
+        expected_study: str | None,
         action: Action,
     ) -> StoreResult:
         if incoming.too_large:
@@ -335,6 +361,10 @@ class Archive:
         if expected_instance is not None and expected_instance.strip() != sop_instance:
             return StoreResult(
                 StoreStatus.MISMATCH, "SOP Instance UID differs from the request", None, study_uid
+            )
+        if expected_study is not None and expected_study != study_uid:
+            return StoreResult(
+                StoreStatus.MISMATCH, "Study Instance UID differs from the request", None, study_uid
             )
         for what, uid in (("SOP Instance", sop_instance), ("Study", study_uid),
                           ("Series", series_uid), ("SOP Class", sop_class)):  # fmt: skip

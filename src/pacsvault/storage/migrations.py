@@ -226,9 +226,33 @@ def _to_v3(conn: Connection) -> None:
         conn.execute(rename, {"new": new, "old": old})
 
 
+# -- migration 4: the web door: sessions, API tokens, second factors ------------------------
+
+_V4_DDL = (
+    "ALTER TABLE users ADD COLUMN totp_secret TEXT",
+    "CREATE TABLE web_sessions (id_hash VARCHAR(64) NOT NULL PRIMARY KEY, user_name "
+    "VARCHAR(64) NOT NULL REFERENCES users (name) ON DELETE CASCADE, csrf_hash VARCHAR(64) "
+    "NOT NULL, address TEXT, created_at FLOAT NOT NULL, last_seen FLOAT NOT NULL, "
+    "expires_at FLOAT NOT NULL)",
+    "CREATE INDEX ix_web_sessions_user_name ON web_sessions (user_name)",
+    "CREATE TABLE api_tokens (id VARCHAR(32) NOT NULL PRIMARY KEY, user_name VARCHAR(64) "
+    "NOT NULL REFERENCES users (name) ON DELETE CASCADE, secret_hash VARCHAR(64) NOT NULL, "
+    "scope VARCHAR(16) NOT NULL, created_at FLOAT NOT NULL, expires_at FLOAT, "
+    "revoked_at FLOAT, last_used_at FLOAT, created_by TEXT NOT NULL)",
+    "CREATE INDEX ix_api_tokens_user_name ON api_tokens (user_name)",
+)
+
+
+def _to_v4(conn: Connection) -> None:
+    """Schema 4: users.totp_secret, web_sessions and api_tokens tables."""
+    for statement in _V4_DDL:
+        conn.execute(text(statement))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "a patient is PatientID + IssuerOfPatientID; studies keep their own copy", _to_v2),
     Migration(3, "access policy roles, referrer physician links, shared studies", _to_v3),
+    Migration(4, "web sessions, API tokens, second factors", _to_v4),
 )
 assert [m.version for m in MIGRATIONS] == list(range(2, s.SCHEMA_VERSION + 1))
 

@@ -33,7 +33,7 @@ from sqlalchemy import (
 
 from pacsvault.dicom.attributes import ATTRIBUTES, PATIENT_ATTRIBUTES, IndexAttribute, Kind, Level
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # The patient-level attributes every study keeps a copy of (all but the derived counts).
 PATIENT_COPY: list[IndexAttribute] = [a for a in PATIENT_ATTRIBUTES if not a.derived]
@@ -150,6 +150,7 @@ users = Table(
     Column("disabled", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("totp_secret", Text),  # base32 (RFC 6238); None: no second factor
 )
 
 # A referrer's links: the ReferringPhysicianName values whose studies it may read.
@@ -177,6 +178,46 @@ shares = Table(
     ),
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float),  # None: until revoked
+    Column("created_by", Text, nullable=False),
+)
+
+# Browser sessions: the cookie's secret and the CSRF token are stored hashed.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column(
+        "user_name",
+        String(64),
+        ForeignKey("users.name", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("csrf_hash", String(64), nullable=False),
+    Column("address", Text),
+    Column("created_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),  # the absolute limit
+)
+
+# Bearer tokens for programs and viewers: shown once, stored hashed, revocable.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),  # public: names the token in lists
+    Column(
+        "user_name",
+        String(64),
+        ForeignKey("users.name", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("secret_hash", String(64), nullable=False),
+    Column("scope", String(16), nullable=False),  # read | write | admin
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float),
+    Column("revoked_at", Float),
+    Column("last_used_at", Float),
     Column("created_by", Text, nullable=False),
 )
 

@@ -49,6 +49,11 @@ class UserRepository:
                 return None
             return self._user(conn, row)
 
+    def totp_secret(self, name: str) -> str | None:
+        """The user's second-factor secret, None when it has none."""
+        with self.engine.connect() as conn:
+            return conn.scalar(select(s.users.c.totp_secret).where(s.users.c.name == name))
+
     def studies_shared_with(self, user: str) -> list[str]:
         """Study Instance UIDs shared with *user* that have not expired."""
         now = time.time()

@@ -1,15 +1,14 @@
-"""The DIMSE statuses pacsvault answers with, in one table (PS3.4 annexes B and C, PS3.7 C).
+"""The DICOM statuses pacsvault answers with, in one table (PS3.4 annexes B and C, PS3.7 C).
 
-Each code has its category and meaning here once; handlers use the names, and
-:func:`category` classifies any code a peer sends back (C-GET/C-MOVE sub-operations).
+Each code has its category and meaning here once. DIMSE handlers answer with them,
+STOW-RS reports them as failure and warning reasons, and :func:`category` classifies
+any code a peer sends back (C-GET/C-MOVE sub-operations).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-
-from pacsvault.storage.archive import StoreResult, StoreStatus
 
 
 class Category(StrEnum):
@@ -74,24 +73,3 @@ def category(code: int) -> Category:
 
 def is_warning(code: int) -> bool:
     return category(code) is Category.WARNING
-
-
-#: The C-STORE answer for each outcome of an Archive store.
-STORE_STATUS = {
-    StoreStatus.STORED: SUCCESS,
-    StoreStatus.IDENTICAL_DUPLICATE: SUCCESS,
-    StoreStatus.REPLACED: SUCCESS,
-    StoreStatus.DUPLICATE_KEPT_FIRST: ELEMENTS_DISCARDED,
-    StoreStatus.DUPLICATE_REJECTED: DUPLICATE_SOP_INSTANCE,
-    StoreStatus.INVALID: CANNOT_UNDERSTAND,
-    StoreStatus.MISMATCH: IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
-    StoreStatus.OUT_OF_RESOURCES: OUT_OF_RESOURCES,
-    StoreStatus.TOO_LARGE: OUT_OF_RESOURCES,
-    StoreStatus.NOT_PERMITTED: REFUSED_NOT_AUTHORIZED,
-}
-
-
-def store_status(result: StoreResult) -> tuple[int, str | None]:
-    """The C-STORE response status and error comment (no PHI) for an Archive result."""
-    code = STORE_STATUS[result.status]
-    return code, (result.reason or None) if code != SUCCESS else None

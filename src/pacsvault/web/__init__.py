@@ -1,0 +1,1 @@
+"""The HTTPS front door: DICOMweb, the login, the admin API."""

@@ -1,0 +1,1 @@
+"""DICOMweb (PS3.18): QIDO-RS, WADO-RS, STOW-RS."""
