@@ -63,8 +63,10 @@ class Sessions:
 
     def csrf_ok(self, secret: str, token: str | None) -> bool:
         record = self.repo.session(digest(secret))
-        return bool(token) and record is not None and hmac.compare_digest(
-            digest(token or ""), record.csrf_hash
+        return (
+            bool(token)
+            and record is not None
+            and hmac.compare_digest(digest(token or ""), record.csrf_hash)
         )
 
     def new_csrf(self, secret: str) -> str | None:

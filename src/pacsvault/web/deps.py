@@ -1,0 +1,51 @@
+"""What every route shares: the caller's principal, permission checks, the base URL."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from pacsvault.security.audit import Action
+from pacsvault.security.identity import Permission, Principal
+from pacsvault.site import Site
+from pacsvault.web.auth import authenticate
+
+DICOMWEB = "/dicom-web"
+
+#: The audit action a refused permission is recorded as.
+REFUSAL_ACTIONS = {
+    Permission.QUERY: Action.QUERY,
+    Permission.RETRIEVE: Action.RETRIEVE,
+    Permission.MOVE: Action.RETRIEVE,
+    Permission.STORE: Action.STORE,
+    Permission.EXPORT: Action.EXPORT,
+    Permission.AUDIT: Action.AUDIT_USE,
+    Permission.ADMIN: Action.SETTINGS_CHANGE,
+    Permission.ECHO: Action.ECHO,
+}
+
+
+def site_of(request: Request) -> Site:
+    return request.app.state.site  # type: ignore[no-any-return]
+
+
+def current_principal(request: Request) -> Principal:
+    """The request's principal (a FastAPI dependency): 401 or 403 when there is none."""
+    state = request.app.state
+    return authenticate(request, state.site.policy, state.sessions)
+
+
+Caller = Annotated[Principal, Depends(current_principal)]
+
+
+def require(request: Request, who: Principal, permission: Permission) -> None:
+    """403 (audited) unless *who* may do *permission*."""
+    policy = site_of(request).policy
+    if not policy.require(who, permission, REFUSAL_ACTIONS[permission]):
+        raise HTTPException(403, f"{permission.value} not permitted")
+
+
+def dicomweb_base(request: Request) -> str:
+    """The absolute URL of the DICOMweb root, as the caller reached it."""
+    return str(request.base_url).rstrip("/") + DICOMWEB
