@@ -4,7 +4,8 @@
   no referrer, and no caching of anything but static assets (patient data must not
   linger in a shared browser's cache).
 - Limits: a body larger than ``web.max_body_bytes`` (by its Content-Length) gets 413
-  before it is read, STOW streams count the rest; at most
+  before it is read, STOW streams count the rest; headers (with the URL) over
+  ``web.max_header_bytes`` get 431; at most
   ``web.max_requests_per_client`` requests from one address at a time (429 above);
   header size is bounded by the HTTP server (see ``web.server``).
 - CORS: only the origins in ``web.cors_origins``, without credentials (a token in the
@@ -47,6 +48,10 @@ def install_middleware(app: FastAPI, settings: WebSettings) -> None:
     @app.middleware("http")
     async def limits_and_headers(request: Request, call_next: Handler) -> Response:
         client = request.client.host if request.client else "-"
+        header_bytes = sum(len(k) + len(v) + 4 for k, v in request.headers.raw)
+        header_bytes += len(request.url.path) + len(request.url.query)
+        if header_bytes > settings.max_header_bytes:
+            return _error(431, f"request headers larger than {settings.max_header_bytes} bytes")
         length = request.headers.get("content-length")
         if length is not None:
             try:

@@ -1,0 +1,448 @@
+"""The web door: HTTPS, logins, sessions, tokens, roles, scope, bad input and the audit.
+
+Every test talks to a real `pacsvault serve` over HTTPS, verifying its certificate
+against the site's own CA, with `requests` and `dicomweb-client`.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom.uid import generate_uid
+
+from conftest import Server, cli, dataset_bytes, free_port, write_data_set
+from pacsvault.dicom.synthetic import Spec
+from pacsvault.security import totp
+
+PHYSICIANS = ["Smith^John", "Doe^Jane"]
+
+
+def http(server: Server, token: str | None = None) -> requests.Session:
+    s = requests.Session()
+    s.verify = str(server.data / "tls" / "ca.crt")
+    s.trust_env = False  # the environment's REQUESTS_CA_BUNDLE would override verify
+    if token:
+        s.headers["Authorization"] = f"Bearer {token}"
+    return s
+
+
+def url(server: Server, path: str) -> str:
+    return f"https://localhost:{server.https_port}{path}"
+
+
+def dicomweb(server: Server, token: str) -> DICOMwebClient:
+    session = http(server)
+    return DICOMwebClient(url(server, "/dicom-web"), session=session,
+                          headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+
+
+def add_user(data: Path, name: str, role: str) -> str:
+    out = cli(data, "user", "add", name, "--role", role).stdout
+    return out.split("(shown once): ")[1].strip()
+
+
+def token(data: Path, user: str, scope: str = "read", *extra: str) -> str:
+    out = cli(data, "token", "create", "--user", user, "--scope", scope, *extra).stdout
+    return out.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict, list]]:
+    """A server with two studies (one per referring physician) and one user per role."""
+    tmp = tmp_path_factory.mktemp("web")
+    data = tmp / "data"
+    cli(data, "init", "--aet", "PACSVAULT")
+    files = write_data_set(tmp / "f", Spec(patients=2, studies_per_patient=1, seed=4))
+    studies: list[str] = []
+    for path, ds in files:
+        if ds.StudyInstanceUID not in studies:
+            studies.append(ds.StudyInstanceUID)
+        ds.ReferringPhysicianName = PHYSICIANS[studies.index(ds.StudyInstanceUID)]
+        ds.save_as(path, enforce_file_format=True)
+    assert "stored: 8" in cli(data, "import", str(tmp / "f")).stdout
+    users = {role: add_user(data, role, role) for role in
+             ("admin", "radiologist", "referrer", "uploader", "auditor")}  # fmt: skip
+    cli(data, "user", "link", "referrer", "--physician", "Smith^John")
+    tokens = {role: token(data, role, "write") for role in users}
+    server = Server(data, free_port(), tmp / "server.log")
+    server.start()
+    yield server, {"passwords": users, "tokens": tokens, "files": files}, studies
+    server.stop()
+
+
+# -- the listener ----------------------------------------------------------------------------
+
+
+def test_https_speaks_tls_1_2_plus_with_the_sites_certificate(site) -> None:
+    server, _, _ = site
+    ctx = ssl.create_default_context(cafile=str(server.data / "tls" / "ca.crt"))
+    with (
+        socket.create_connection(("127.0.0.1", server.https_port)) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
+    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.minimum_version = ssl.TLSVersion.TLSv1
+    with pytest.raises(ssl.SSLError), socket.create_connection(
+        ("127.0.0.1", server.https_port)
+    ) as raw:  # fmt: skip
+        old.wrap_socket(raw)
+
+
+def test_only_health_and_login_answer_without_credentials(site) -> None:
+    server, _, studies = site
+    s = http(server)
+    assert s.get(url(server, "/healthz")).status_code == 200
+    assert s.get(url(server, "/login")).status_code == 200
+    for path in ("/dicom-web/studies", f"/dicom-web/studies/{studies[0]}",
+                 f"/dicom-web/studies/{studies[0]}/metadata", "/api/session",
+                 "/api/openapi.json"):  # fmt: skip
+        r = s.get(url(server, path))
+        assert r.status_code == 401, path
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert s.post(url(server, "/dicom-web/studies")).status_code == 401
+    home = s.get(url(server, "/"), allow_redirects=False)
+    assert home.status_code == 303 and home.headers["Location"] == "/login"
+
+
+def test_security_headers(site) -> None:
+    server, _, _ = site
+    r = http(server).get(url(server, "/login"))
+    h = r.headers
+    assert h["Strict-Transport-Security"].startswith("max-age=")
+    assert "frame-ancestors 'none'" in h["Content-Security-Policy"]
+    assert "script-src 'self'" in h["Content-Security-Policy"]
+    assert h["X-Frame-Options"] == "DENY" and h["X-Content-Type-Options"] == "nosniff"
+    assert h["Referrer-Policy"] == "no-referrer" and h["Cache-Control"] == "no-store"
+    assert "server" not in {k.lower() for k in h}
+
+
+def test_oversized_requests_are_refused(site) -> None:
+    server, users, _ = site
+    s = http(server, users["tokens"]["admin"])
+    r = s.get(url(server, "/dicom-web/studies"), headers={"X-Big": "x" * 20000})
+    assert r.status_code in (400, 431)
+    r = s.post(url(server, "/dicom-web/studies"),
+               headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b',
+                        "Content-Length": str(10**12)}, data=b"")  # fmt: skip
+    assert r.status_code == 413
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+
+def login(server: Server, name: str, password: str, code: str = "") -> requests.Session:
+    s = http(server)
+    r = s.post(url(server, "/login"), data={"username": name, "password": password, "code": code},
+               headers={"Accept": "application/json"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    s.headers["X-CSRF-Token"] = r.json()["csrf"]
+    return s
+
+
+def test_a_login_sets_a_strict_session_cookie(site) -> None:
+    server, users, _ = site
+    s = http(server)
+    r = s.post(url(server, "/login"),
+               data={"username": "radiologist", "password": users["passwords"]["radiologist"]},
+               allow_redirects=False)  # fmt: skip
+    assert r.status_code == 303
+    cookie = r.headers["Set-Cookie"]
+    assert cookie.startswith("__Host-pv_session=")
+    for flag in ("Secure", "HttpOnly", "SameSite=strict", "Path=/"):
+        assert flag.lower() in cookie.lower(), cookie
+    assert s.get(url(server, "/dicom-web/studies")).status_code == 200
+    assert "Logged in as radiologist" in s.get(url(server, "/")).text
+
+
+def test_a_state_change_needs_the_csrf_token(site, tmp_path: Path) -> None:
+    server, users, _ = site
+    s = login(server, "radiologist", users["passwords"]["radiologist"])
+    csrf = s.headers.pop("X-CSRF-Token")
+    body, ctype = _stow_body(users["files"][0][0], new_uid=True)
+    assert s.post(url(server, "/dicom-web/studies"), data=body,
+                  headers={"Content-Type": ctype}).status_code == 403  # fmt: skip
+    r = s.post(url(server, "/dicom-web/studies"), data=body,
+               headers={"Content-Type": ctype, "X-CSRF-Token": csrf})  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert s.post(url(server, "/logout"), headers={"X-CSRF-Token": "wrong"}).status_code == 403
+    assert s.post(url(server, "/logout"), headers={"X-CSRF-Token": csrf}).status_code == 200
+    assert s.get(url(server, "/dicom-web/studies")).status_code == 401
+
+
+def test_wrong_passwords_lock_the_account_and_the_address(site) -> None:
+    server, _users, _ = site
+    name = "locked-" + str(int(time.time()))
+    password = add_user(server.data, name, "radiologist")
+    s = http(server)
+    for _ in range(5):
+        r = s.post(url(server, "/login"), data={"username": name, "password": "nope"})
+        assert r.status_code == 401
+    r = s.post(url(server, "/login"), data={"username": name, "password": password})
+    assert r.status_code == 401  # the right password no longer helps
+    listed = cli(server.data, "lockout", "list").stdout
+    assert f"account:{name}" in listed and "address:127.0.0.1" in listed
+    cli(server.data, "lockout", "clear")
+    assert s.post(url(server, "/login"), data={"username": name, "password": password},
+                  allow_redirects=False).status_code == 303  # fmt: skip
+    refused = [d for a, o, _c, _ad, d in server.audit() if a == "login" and o == "refused"]
+    assert len(refused) >= 6
+
+
+def test_a_second_factor(site) -> None:
+    server, _, _ = site
+    password = add_user(server.data, "twofa", "radiologist")
+    out = cli(server.data, "user", "totp", "twofa").stdout
+    secret = re.search(r"secret: (\w+)", out).group(1)  # type: ignore[union-attr]
+    s = http(server)
+    assert s.post(url(server, "/login"), data={"username": "twofa", "password": password}
+                  ).status_code == 401  # fmt: skip
+    assert s.post(url(server, "/login"), data={"username": "twofa", "password": password,
+                                               "code": "000000"}).status_code == 401  # fmt: skip
+    login(server, "twofa", password, totp.code_at(secret, time.time()))
+    cli(server.data, "lockout", "clear")
+
+
+@pytest.fixture
+def short_sessions(data_dir: Path, make_server) -> tuple[Server, str]:
+    path = data_dir / "pacsvault.toml"
+    path.write_text(path.read_text().replace("session_idle = 900", "session_idle = 2"))
+    password = add_user(data_dir, "idle", "radiologist")
+    return make_server(data_dir), password
+
+
+def test_an_idle_session_expires(short_sessions) -> None:
+    server, password = short_sessions
+    s = login(server, "idle", password)
+    assert s.get(url(server, "/api/session")).status_code == 200
+    time.sleep(1)
+    assert s.get(url(server, "/api/session")).status_code == 200  # use keeps it alive
+    time.sleep(3)
+    assert s.get(url(server, "/api/session")).status_code == 401
+
+
+# -- tokens and roles -------------------------------------------------------------------------
+
+
+def test_tokens_are_listed_without_secrets_and_revocable(site) -> None:
+    server, _, _ = site
+    t = token(server.data, "radiologist", "read", "--expires", "1d")
+    token_id = t.split("_")[1]
+    listed = cli(server.data, "token", "list").stdout
+    assert token_id in listed and t not in listed
+    with server.index() as conn:
+        stored = [r[0] for r in conn.execute("SELECT secret_hash FROM api_tokens")]
+    assert t.split("_")[2] not in " ".join(stored)
+    s = http(server, t)
+    assert s.get(url(server, "/dicom-web/studies")).status_code == 200
+    cli(server.data, "token", "revoke", token_id)
+    assert s.get(url(server, "/dicom-web/studies")).status_code == 401
+    assert http(server, t[:-1] + "x").get(url(server, "/dicom-web/studies")).status_code == 401
+    cli(server.data, "lockout", "clear")  # those failures counted against 127.0.0.1
+
+
+def test_a_read_token_cannot_store(site) -> None:
+    server, users, _ = site
+    t = token(server.data, "radiologist", "read")
+    body, ctype = _stow_body(users["files"][0][0], new_uid=True)
+    r = http(server, t).post(url(server, "/dicom-web/studies"), data=body,
+                             headers={"Content-Type": ctype})  # fmt: skip
+    assert r.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("role", "search", "store"),
+    [("admin", 200, 200), ("radiologist", 200, 200), ("uploader", 403, 200),
+     ("auditor", 403, 403)],
+)  # fmt: skip
+def test_roles(site, role: str, search: int, store: int) -> None:
+    server, users, _ = site
+    s = http(server, users["tokens"][role])
+    assert s.get(url(server, "/dicom-web/studies")).status_code == search
+    body, ctype = _stow_body(users["files"][0][0], new_uid=True)
+    assert s.post(url(server, "/dicom-web/studies"), data=body,
+                  headers={"Content-Type": ctype}).status_code == store  # fmt: skip
+
+
+def test_a_referrer_sees_exactly_its_studies(site) -> None:
+    server, users, studies = site
+    client = dicomweb(server, users["tokens"]["referrer"])
+    found = {s["0020000D"]["Value"][0] for s in client.search_for_studies()}
+    assert found == {studies[0]}
+    other = studies[1]
+    series = _series_of(users["files"], other)
+    sop = _instance_of(users["files"], other)
+    s = http(server, users["tokens"]["referrer"])
+    for path in (f"/dicom-web/studies/{other}", f"/dicom-web/studies/{other}/metadata",
+                 f"/dicom-web/studies/{other}/series/{series}/instances/{sop}",
+                 f"/dicom-web/studies/{other}/series/{series}/instances/{sop}/metadata",
+                 f"/dicom-web/studies/{other}/series"):  # fmt: skip
+        r = s.get(url(server, path))
+        missing = s.get(url(server, path.replace(other, "1.2.3.4.5.6")))
+        assert (r.status_code, r.text) == (missing.status_code, missing.text), path
+        assert r.status_code in (404, 200) and other not in r.text
+    # Shared: now it can.
+    cli(server.data, "share", other, "--user", "referrer", "--expires", "1h")
+    assert {s["0020000D"]["Value"][0] for s in client.search_for_studies()} == set(studies)
+
+
+# -- DICOMweb ---------------------------------------------------------------------------------
+
+
+def test_dicomweb_client_round_trip(site) -> None:
+    server, users, studies = site
+    client = dicomweb(server, users["tokens"]["radiologist"])
+    path, ds = users["files"][0]
+    study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    assert {s["0020000D"]["Value"][0] for s in client.search_for_studies()} >= set(studies)
+    got = client.search_for_studies(search_filters={"PatientID": ds.PatientID})
+    assert [s["0020000D"]["Value"][0] for s in got] == [study]
+    assert got[0]["00100010"]["Value"][0]["Alphabetic"] == str(ds.PatientName)
+    assert len(client.search_for_series(study)) == 2
+    inst = client.retrieve_instance(study, series, sop)
+    stored = Path(path)
+    assert inst.SOPInstanceUID == sop and str(inst.PatientName) == str(ds.PatientName)
+    # The bytes on the wire are the object as it was received.
+    raw = http(server, users["tokens"]["radiologist"]).get(
+        url(server, f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"),
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+    )
+    boundary = raw.headers["Content-Type"].split("boundary=")[1]
+    part = raw.content.split(b"--" + boundary.encode())[1]
+    obj = part.split(b"\r\n\r\n", 1)[1][: -len(b"\r\n")]
+    from pacsvault.dicom.part10 import split_part10
+
+    assert obj[split_part10(obj)[1] :] == dataset_bytes(stored)
+    meta = client.retrieve_instance_metadata(study, series, sop)
+    assert meta["00100010"]["Value"][0]["Alphabetic"] == str(ds.PatientName)
+    assert "BulkDataURI" in meta["7FE00010"]
+    assert len(client.retrieve_study(study)) >= 4  # other tests STOW copies into it
+    new = pydicom.dcmread(stored)
+    new.SOPInstanceUID = generate_uid()
+    new.file_meta.MediaStorageSOPInstanceUID = new.SOPInstanceUID
+    result = client.store_instances([new])
+    assert result.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == new.SOPInstanceUID
+    assert len(client.search_for_instances(study)) >= 5
+
+
+@pytest.mark.parametrize(
+    ("query", "code", "reason"),
+    [("StudyDate=2020-13-45", 400, "date"), ("NotAnAttribute=1", 400, "unknown"),
+     ("limit=-1", 400, "negative"), ("limit=abc", 400, "whole number"),
+     ("Modality=CT", 400, "not an attribute of the study level"),
+     ("StudyInstanceUID=1.2.a", 400, "invalid UID")],
+)  # fmt: skip
+def test_malformed_searches_get_400_with_a_reason(site, query: str, code: int, reason: str) -> None:
+    server, users, _ = site
+    r = http(server, users["tokens"]["admin"]).get(url(server, f"/dicom-web/studies?{query}"))
+    assert r.status_code == code and reason in r.json()["detail"], r.text
+
+
+def test_paging_and_includefield(site) -> None:
+    server, users, _ = site
+    s = http(server, users["tokens"]["admin"])
+    page = s.get(url(server, "/dicom-web/studies?limit=1"))
+    assert len(page.json()) == 1 and "additional results" in page.headers["Warning"]
+    second = s.get(url(server, "/dicom-web/studies?limit=1&offset=1")).json()
+    assert second and second[0]["0020000D"] != page.json()[0]["0020000D"]
+    full = s.get(url(server, "/dicom-web/studies?includefield=all&limit=1")).json()[0]
+    assert "00101010" in full  # PatientAge, only returned when asked
+    fuzzy = s.get(url(server, "/dicom-web/studies?PatientName=do&fuzzymatching=true")).json()
+    assert fuzzy and all(r["00100010"]["Value"][0]["Alphabetic"].startswith("DOE") for r in fuzzy)
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "code"),
+    [(b"--b\r\nContent-Type: application/dicom\r\n\r\nnot dicom\r\n--b--\r\n",
+      'multipart/related; type="application/dicom"; boundary=b', 409),
+     (b"--b\r\nContent-Type: application/dicom\r\n\r\nDICM-but-cut",
+      'multipart/related; type="application/dicom"; boundary=b', 400),
+     (b"{}", "application/json", 415),
+     (b"--b--", "multipart/related; boundary=b", 400),
+     (b"x", 'multipart/related; type="application/pdf"; boundary=b', 415)],
+    ids=["not-dicom", "cut-body", "json", "no-parts", "wrong-type"],
+)  # fmt: skip
+def test_bad_stow_bodies_store_nothing(site, body: bytes, ctype: str, code: int) -> None:
+    server, users, _ = site
+    before = cli(server.data, "status").stdout
+    r = http(server, users["tokens"]["admin"]).post(
+        url(server, "/dicom-web/studies"), data=body, headers={"Content-Type": ctype}
+    )
+    assert r.status_code == code, r.text
+    assert re.search(r"instances: \d+", before).group(0) in cli(server.data, "status").stdout  # type: ignore[union-attr]
+
+
+def test_a_cut_stow_stores_nothing_even_after_a_complete_part(site) -> None:
+    server, users, _ = site
+    good, ctype = _stow_body(users["files"][1][0], new_uid=True)
+    cut = good[: good.rindex(b"\r\n--")]  # the last part never ends
+    body = good.replace(b"--pvtest--\r\n", b"") + cut[cut.index(b"--pvtest") :]
+    before = cli(server.data, "status").stdout
+    s = http(server, users["tokens"]["admin"])
+    r = s.post(url(server, "/dicom-web/studies"), data=body, headers={"Content-Type": ctype})
+    assert r.status_code == 400
+    assert re.search(r"instances: \d+", before).group(0) in cli(server.data, "status").stdout  # type: ignore[union-attr]
+
+
+def test_invalid_uids_and_path_tricks(site) -> None:
+    server, users, _ = site
+    s = http(server, users["tokens"]["admin"])
+    for path in ("/dicom-web/studies/1.2.a", "/dicom-web/studies/..%2F..%2Fetc",
+                 "/dicom-web/studies/1.2.3/series/%00/instances/1"):  # fmt: skip
+        r = s.get(url(server, path))
+        assert 400 <= r.status_code < 500, (path, r.status_code)
+
+
+def test_406_for_what_cannot_be_served(site) -> None:
+    server, users, studies = site
+    r = http(server, users["tokens"]["admin"]).get(
+        url(server, f"/dicom-web/studies/{studies[0]}"), headers={"Accept": "application/pdf"}
+    )
+    assert r.status_code == 406
+
+
+def test_web_accesses_are_in_the_audit_trail(site) -> None:
+    server, users, studies = site
+    client = dicomweb(server, users["tokens"]["radiologist"])
+    client.search_for_studies()
+    client.retrieve_study(studies[0])
+    out = cli(server.data, "audit", "search", "--user", "radiologist").stdout
+    assert "\tquery\tsuccess\tuser:radiologist\t127.0.0.1" in out
+    assert re.search(r"ended: completed \d+, failed 0, warning 0", out)
+    assert cli(server.data, "audit", "verify").returncode == 0
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _stow_body(path: Path, *, new_uid: bool = False) -> tuple[bytes, str]:
+    ds = pydicom.dcmread(path)
+    if new_uid:
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    from io import BytesIO
+
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    body = (b"--pvtest\r\nContent-Type: application/dicom\r\n\r\n" + buf.getvalue()
+            + b"\r\n--pvtest--\r\n")  # fmt: skip
+    return body, 'multipart/related; type="application/dicom"; boundary=pvtest'
+
+
+def _series_of(files: list, study: str) -> str:
+    return next(ds.SeriesInstanceUID for _p, ds in files if ds.StudyInstanceUID == study)
+
+
+def _instance_of(files: list, study: str) -> str:
+    return next(ds.SOPInstanceUID for _p, ds in files if ds.StudyInstanceUID == study)
