@@ -232,3 +232,62 @@ def test_a_deflate_bomb_above_the_size_limit_is_refused(
     assert rss(server.proc.pid, "VmHWM") - before < 100 * MIB
     assert "instances: 0" in cli(server.data, "status").stdout
     assert not list((server.data / "blobs" / "tmp").iterdir())
+
+
+def test_a_1_gb_stow_and_wado_rs_retrieval_in_bounded_memory(
+    server: Server, tmp_path: Path
+) -> None:
+    """DICOMweb streams too: STOW-RS of a 1 GB object, then WADO-RS of it, peak < 400 MiB."""
+    import requests
+
+    out = cli(server.data, "user", "add", "big", "--role", "radiologist").stdout
+    assert "added" in out
+    token = cli(server.data, "token", "create", "--user", "big", "--scope", "write").stdout
+    token = token.strip().splitlines()[-1]
+    src = tmp_path / "big.dcm"
+    sent = write_big_file(src, frames=1000)  # 1,048,576,000 pixel bytes
+    session = requests.Session()
+    session.verify = str(server.data / "tls" / "ca.crt")
+    session.trust_env = False
+    session.headers["Authorization"] = f"Bearer {token}"
+    base = f"https://localhost:{server.https_port}/dicom-web"
+
+    def body():  # type: ignore[no-untyped-def]
+        yield b"--bigpart\r\nContent-Type: application/dicom\r\n\r\n"
+        with open(src, "rb") as f:
+            while chunk := f.read(4 * MIB):
+                yield chunk
+        yield b"\r\n--bigpart--\r\n"
+
+    before = rss(server.proc.pid)
+    ctype = 'multipart/related; type="application/dicom"; boundary=bigpart'
+    r = session.post(f"{base}/studies", data=body(), headers={"Content-Type": ctype}, timeout=600)
+    assert r.status_code == 200, r.text
+    ref = r.json()["00081199"]["Value"][0]["00081190"]["Value"][0]
+    src.unlink()
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    r = session.get(ref, stream=True, timeout=600, headers={"Accept": accept})
+    assert r.status_code == 200
+    digest, size, offset, head = hashlib.sha256(), 0, None, b""
+    boundary = r.headers["Content-Type"].split("boundary=")[1].encode()
+    tail = b""
+    for chunk in r.iter_content(4 * MIB):
+        if offset is None:
+            head += chunk
+            at = head.find(b"\r\n\r\n")
+            if at < 0 or len(head) < at + 4 + 144:
+                continue
+            obj = head[at + 4 :]
+            offset = 144 + struct.unpack("<L", obj[140:144])[0]
+            chunk = obj[offset:]
+        data = tail + chunk
+        keep = len(boundary) + 8
+        digest.update(data[:-keep])
+        size += len(data) - keep
+        tail = data[-keep:]
+    end = tail.rfind(b"\r\n--" + boundary)
+    digest.update(tail[:end])
+    peak = rss(server.proc.pid, "VmHWM")
+    print(f"\n1 GB over DICOMweb: RSS {before / MIB:.0f} MiB before, peak {peak / MIB:.0f} MiB")
+    assert digest.hexdigest() == sent
+    assert peak < 400 * MIB, f"peak RSS {peak / MIB:.0f} MiB"

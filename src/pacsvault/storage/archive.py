@@ -78,6 +78,7 @@ class StoreResult:
     reason: str = ""
     sop_instance_uid: str | None = None
     study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
 
     def dicom_status(self) -> tuple[int, str | None]:
         """The DICOM status (C-STORE response, STOW-RS reason) and its comment (no PHI)."""
@@ -410,7 +411,7 @@ class Archive:
         record.series["series_instance_uid"] = series_uid
 
         def ok(status: StoreStatus, reason: str = "") -> StoreResult:
-            return StoreResult(status, reason, sop_instance, study_uid)
+            return StoreResult(status, reason, sop_instance, study_uid, series_uid)
 
         with self._lock(sop_instance):
             with self.index.engine.connect() as conn:

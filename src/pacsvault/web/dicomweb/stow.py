@@ -153,8 +153,11 @@ def _answer(
             "00081155": element("UI", sop_instance),
         }
         if result.status.ok or st.is_warning(code):
-            uid = result.study_instance_uid or study
-            item["00081190"] = element("UR", f"{base}/studies/{uid}/instances/{sop_instance}")
+            item["00081190"] = element(
+                "UR",
+                f"{base}/studies/{result.study_instance_uid}/series/"
+                f"{result.series_instance_uid}/instances/{sop_instance}",
+            )
             if code != st.SUCCESS:
                 item["00081196"] = element("US", code)  # WarningReason
                 warned = True
