@@ -446,3 +446,109 @@ def _series_of(files: list, study: str) -> str:
 
 def _instance_of(files: list, study: str) -> str:
     return next(ds.SOPInstanceUID for _p, ds in files if ds.StudyInstanceUID == study)
+
+
+# -- settings: HTTP redirect, CORS, OpenID Connect --------------------------------------------
+
+
+def _set(data: Path, **values: str) -> None:
+    path = data / "pacsvault.toml"
+    text = path.read_text()
+    for key, value in values.items():
+        text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+        assert n == 1, key
+    path.write_text(text)
+
+
+def test_plain_http_only_redirects(data_dir: Path, make_server) -> None:
+    port = free_port()
+    _set(data_dir, http_redirect_port=str(port))
+    server = make_server(data_dir)
+    r = requests.get(f"http://127.0.0.1:{port}/dicom-web/studies?PatientID=x",
+                     allow_redirects=False, timeout=10)  # fmt: skip
+    assert r.status_code == 308
+    assert r.headers["Location"] == f"https://127.0.0.1:{server.https_port}/dicom-web/studies"
+    assert "HTTP redirect" in server.log_text()
+
+
+def test_cors_for_configured_origins_only(data_dir: Path, make_server) -> None:
+    _set(data_dir, cors_origins='["https://ohif.example.org"]')
+    add_user(data_dir, "viewer", "radiologist")
+    t = token(data_dir, "viewer")
+    server = make_server(data_dir)
+    s = http(server)
+    preflight = {"Access-Control-Request-Method": "GET",
+                 "Access-Control-Request-Headers": "authorization"}  # fmt: skip
+    ok = s.options(url(server, "/dicom-web/studies"),
+                   headers={"Origin": "https://ohif.example.org", **preflight})  # fmt: skip
+    assert ok.headers.get("Access-Control-Allow-Origin") == "https://ohif.example.org"
+    assert "Access-Control-Allow-Credentials" not in ok.headers
+    bad = s.options(url(server, "/dicom-web/studies"),
+                    headers={"Origin": "https://evil.example", **preflight})  # fmt: skip
+    assert "Access-Control-Allow-Origin" not in bad.headers
+    got = http(server, t).get(url(server, "/dicom-web/studies"),
+                              headers={"Origin": "https://ohif.example.org"})  # fmt: skip
+    assert got.status_code == 200
+    assert got.headers["Access-Control-Allow-Origin"] == "https://ohif.example.org"
+
+
+@pytest.fixture
+def issuer(tmp_path: Path) -> Iterator[tuple[str, object]]:
+    """An OpenID provider on loopback: a discovery document and a JWKS with one RSA key."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="k1", use="sig", alg="RS256")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            docs = {"/.well-known/openid-configuration": {"issuer": base,
+                                                         "jwks_uri": f"{base}/jwks"},
+                    "/jwks": {"keys": [jwk]}}  # fmt: skip
+            body = json.dumps(docs.get(self.path, {})).encode()
+            self.send_response(200 if self.path in docs else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield base, key
+    httpd.shutdown()
+
+
+def test_openid_connect_bearer_tokens(data_dir: Path, make_server, issuer) -> None:
+    import jwt
+
+    base, key = issuer
+    _set(data_dir, oidc_issuer=f'"{base}"', oidc_audience='"pacsvault"',
+         oidc_roles='{ "pacs-rad" = "radiologist", "pacs-up" = "uploader" }')  # fmt: skip
+    server = make_server(data_dir)
+
+    def bearer(**claims: object) -> int:
+        body = {"iss": base, "aud": "pacsvault", "sub": "u-42", "exp": int(time.time()) + 300,
+                "preferred_username": "dr.who", "roles": ["pacs-rad"], **claims}  # fmt: skip
+        text = jwt.encode(body, key, algorithm="RS256", headers={"kid": "k1"})
+        return http(server, text).get(url(server, "/dicom-web/studies")).status_code
+
+    assert bearer() == 200
+    assert bearer(roles=["pacs-up"]) == 403  # an uploader may not search
+    assert bearer(roles=["someone-else"]) == 401  # no mapped role
+    assert bearer(aud="other") == 401
+    assert bearer(iss="https://evil.example") == 401
+    assert bearer(exp=int(time.time()) - 10) == 401
+    out = cli(data_dir, "audit", "search", "--user", "dr.who").stdout
+    assert "\tquery\tsuccess\tuser:dr.who" in out
+    cli(data_dir, "lockout", "clear")
