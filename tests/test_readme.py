@@ -111,6 +111,33 @@ def r_share(s: Site) -> None:
     assert "revoked" in s.run("share", "--revoke", share_id).stdout
 
 
+def r_totp(s: Site) -> None:
+    out = s.run("user", "totp", "alice").stdout
+    assert "otpauth://totp/" in out and "secret: " in out
+
+
+def r_tokens(s: Site) -> None:
+    out = s.run("token", "create", "--user", "alice", "--scope", "read", "--expires", "30d")
+    text = out.stdout.strip().splitlines()[-1]
+    assert text.startswith("pvt_")
+    s.notes["token"] = text
+    token_id = text.split("_")[1]
+    assert token_id in s.run("token", "list").stdout
+    assert s.server is not None  # the token works over HTTPS
+    import requests
+
+    session = requests.Session()
+    session.verify, session.trust_env = str(s.data / "tls" / "ca.crt"), False
+    r = session.get(f"https://localhost:{s.server.https_port}/dicom-web/studies",
+                    headers={"Authorization": f"Bearer {text}"})  # fmt: skip
+    assert r.status_code == 200 and s.notes["study_uid"] in r.text
+    other = s.run("token", "create", "--user", "alice").stdout.strip().splitlines()[-1]
+    assert (
+        f"token {other.split('_')[1]} revoked"
+        in s.run("token", "revoke", other.split("_")[1]).stdout
+    )
+
+
 def r_lockout(s: Site) -> None:
     assert "no lockouts" in s.run("lockout", "list").stdout
     assert "cleared 0 lockout(s)" in s.run("lockout", "clear", "address:10.9.9.9").stdout
@@ -242,7 +269,7 @@ def _get_over_tls(s: Site, certs: Path) -> int:
 
 def r_status(s: Site) -> None:
     out = s.run("status").stdout
-    assert "instances: " in out and "DICOM listener" in out
+    assert "instances: " in out and "DICOM listener" in out and "HTTPS listener" in out
 
 
 def r_import(s: Site) -> None:
@@ -278,10 +305,16 @@ RUNNERS: list[tuple[str, Callable[[Site], None]]] = [
     ),
     ("pacsvault lockout list | clear [address:IP|account:NAME]", r_lockout),
     ("pacsvault tls export-ca [--out FILE]", r_tls),
-    ("pacsvault serve [--bind ADDRESS] [--dicom-port N] [--tls-port N]", r_serve),
+    ("pacsvault serve [--bind ADDRESS] [--dicom-port N] [--tls-port N] [--https-port N]", r_serve),
     (
         "pacsvault share STUDY_UID --user rita --expires 7d | share --list | share --revoke ID",
         r_share,
+    ),
+    ("pacsvault user totp alice", r_totp),
+    (
+        "pacsvault token create --user alice --scope read --expires 30d | token list | "
+        "token revoke ID",
+        r_tokens,
     ),
     ("pacsvault status", r_status),
     ("pacsvault import PATH...", r_import),
