@@ -100,3 +100,61 @@ def test_file_header_equals_pydicoms(source_aet: str | None) -> None:
     )
     assert ours == expected.getvalue()
     assert split_part10(ours) == ("1.2.840.10008.1.2.4.50", len(ours))
+
+
+# -- C-FIND responses: the hand encoder gives pydicom's bytes ---------------------------------
+
+CHARSET_ROWS = [
+    (None, "SMITH^JOHN"),
+    (None, "MÜLLER^JÖRG"),  # non-ASCII without a declared set: answered in UTF-8
+    ("ISO_IR 100", "MÜLLER^JÖRG"),
+    ("ISO_IR 100", "ΔΗΜΗΤΡΗΣ"),  # not Latin-1: UTF-8
+    ("ISO_IR 192", "山田^太郎"),
+    ("ISO_IR 144", "ИВАНОВ^ИВАН"),
+]
+
+
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+@pytest.mark.parametrize(("charset", "name"), CHARSET_ROWS)
+@pytest.mark.parametrize("model", ["patient", "study"])
+def test_hand_encoded_responses_equal_pydicoms(ts: str, charset, name: str, model: str) -> None:
+    from pydicom.dataset import Dataset
+
+    from pacsvault.dicom.query import ResponseEncoder, find_response, parse_identifier
+    from pacsvault.dicom.transcode import encode_dataset
+
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "SERIES"
+    ident.PatientName = "*"
+    ident.StudyDate = ""
+    ident.ModalitiesInStudy = ""
+    ident.NumberOfStudyRelatedInstances = ""
+    ident.SeriesNumber = ""
+    ident.Modality = ""
+    ident.add_new(0x00081111, "SQ", [])  # a sequence key we do not index
+    ident.add_new(0x00280010, "US", None)  # Rows: a binary VR, not at this level
+    row = {
+        "patient_name": name, "patient_id": "PV1", "study_date": "20240102",
+        "modalities_in_study": "CT\\MR", "number_of_study_related_instances": 12,
+        "series_number": "3", "modality": "CT", "study_instance_uid": "1.2.3",
+        "series_instance_uid": "1.2.3.4", "charset": charset,
+    }  # fmt: skip
+    query = parse_identifier(ident, model)
+    expected = encode_dataset(find_response(ident, query, row, "PACSVAULT", model), ts)
+    ours = ResponseEncoder(ident, query, "PACSVAULT", model, ts).encode(row)
+    assert ours == expected
+
+
+def test_iso_2022_and_big_endian_take_the_pydicom_path() -> None:
+    from pydicom.dataset import Dataset
+
+    from pacsvault.dicom.query import ResponseEncoder, parse_identifier
+
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.PatientName = ""
+    query = parse_identifier(ident, "study")
+    row = {"patient_name": "ヤマダ", "charset": "\\ISO 2022 IR 87"}
+    assert ResponseEncoder(ident, query, "P", "study", "1.2.840.10008.1.2").encode(row) is None
+    big = ResponseEncoder(ident, query, "P", "study", "1.2.840.10008.1.2.2")
+    assert big.encode({"patient_name": "A"}) is None

@@ -14,7 +14,14 @@ from pydicom.dataset import Dataset
 
 from pacsvault.dicom import status as st
 from pacsvault.dicom.matching import InvalidQuery
-from pacsvault.dicom.query import PATIENT_ROOT, STUDY_ROOT, Query, find_response, parse_identifier
+from pacsvault.dicom.query import (
+    PATIENT_ROOT,
+    STUDY_ROOT,
+    Query,
+    ResponseEncoder,
+    find_response,
+    parse_identifier,
+)
 from pacsvault.dimse import messages as m
 from pacsvault.dimse.channel import BoundedBuffer, Discard, Message, Sink
 from pacsvault.dimse.negotiation import Context
@@ -164,6 +171,7 @@ class DimseServices:
         pending = st.PENDING_OPTIONAL_KEYS_UNSUPPORTED if query.unsupported else st.PENDING
         model = _model(msg.context)
         ts = msg.context.transfer_syntax
+        encoder = ResponseEncoder(query.identifier, query, self.ae_title, model, ts)
         try:
             rows = self.archive.find(
                 assoc.principal,
@@ -192,8 +200,11 @@ class DimseServices:
                     assoc.reply(msg, rsp, st.OUT_OF_RESOURCES,
                                 "too many matches: narrow the query")  # fmt: skip
                     return
-                ds = find_response(query.identifier, query, row, self.ae_title, model)
-                assoc.reply(msg, rsp, pending, dataset=m.encode_dataset(ds, ts))
+                data = encoder.encode(row)
+                if data is None:  # a character set or syntax only pydicom handles
+                    ds = find_response(query.identifier, query, row, self.ae_title, model)
+                    data = m.encode_dataset(ds, ts)
+                assoc.reply(msg, rsp, pending, dataset=data)
                 sent += 1
         except Exception as exc:
             if not _is_connection_error(exc):
