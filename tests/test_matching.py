@@ -143,6 +143,15 @@ def test_hand_encoded_responses_equal_pydicoms(ts: str, charset, name: str, mode
     expected = encode_dataset(find_response(ident, query, row, "PACSVAULT", model), ts)
     ours = ResponseEncoder(ident, query, "PACSVAULT", model, ts).encode(row)
     assert ours == expected
+    # and both read back as the name that was stored, whatever the label says
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    back = read_dataset(DicomBytesIO(ours), ts == "1.2.840.10008.1.2", True)
+    back.decode()
+    assert str(back.PatientName) == name
+    if not name.isascii():  # non-ASCII bytes always carry their label (PS3.5 6.1.2.3)
+        assert back.get("SpecificCharacterSet") in (charset, "ISO_IR 192")
 
 
 def test_iso_2022_and_big_endian_take_the_pydicom_path() -> None:
