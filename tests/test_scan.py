@@ -7,9 +7,11 @@ import contextlib
 import json
 import re
 import socket
+import ssl
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -379,3 +381,454 @@ def test_scanner_doc_lists_every_catalogued_finding() -> None:
             assert cells[0] not in rows, f"{cells[0]} listed twice"
             rows[cells[0]] = cells[1]
     assert rows == {fid: entry.severity_text() for fid, entry in CATALOGUE.items()}
+
+
+# -- issue 9: the web door, certificates, client certificates, C-FIND caps ------------------
+
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+DICOMWEB = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado"}
+
+
+def needs_dicomweb_plugin() -> None:
+    assert DICOMWEB_PLUGIN.exists(), (
+        "Orthanc's DICOMweb plugin is missing: install Debian's orthanc-dicomweb package"
+    )
+
+
+def by_id(report: Path) -> dict[str, dict]:
+    return {f["id"]: f for f in json.loads(report.read_text())["findings"]}
+
+
+def leaks(files, *outputs: str) -> list[str]:
+    """The identifying values of *files* that appear in any of *outputs*."""
+    written = "".join(outputs)
+    return [value for value in phi_of(files) if value and value in written]
+
+
+def test_open_orthanc_dicomweb(tmp_path: Path) -> None:
+    """Orthanc's DICOMweb plugin open: QIDO counted exactly, WADO-RS and WADO-URI readable."""
+    needs_dicomweb_plugin()
+    plugin = {"Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": DICOMWEB}
+    with running_orthanc(tmp_path, **plugin) as (_port, http, files):
+        report, page = tmp_path / "r.json", tmp_path / "r.html"
+        proc = scan(f"http://127.0.0.1:{http}", "--json", str(report), "--html", str(page))
+        found = by_id(report)
+        assert "WEB-STOW-OPEN" not in found  # writing only with --intrusive
+        written = tmp_path / "w.json"
+        wrote = scan(f"http://127.0.0.1:{http}", "--intrusive", "--json", str(written))
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/statistics") as r:
+            after = json.loads(r.read())
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    qido = found["WEB-QIDO-OPEN"]
+    assert qido["severity"] == "critical"
+    assert {k: (v["value"], v["quality"]) for k, v in qido["counts"].items()} == {
+        "patients": (3, "exact"), "studies": (6, "exact"), "series": (12, "exact"),
+        "instances": (24, "exact"),
+    }  # fmt: skip
+    assert qido["details"]["root"] == "/dicom-web"
+    assert "PatientName" in qido["details"]["identifying_fields_readable"]
+    wado = found["WEB-WADO-OPEN"]
+    assert wado["severity"] == "critical"
+    assert (wado["details"]["objects"], wado["details"]["truncated"]) == (4, False)
+    assert wado["details"]["bytes"] > 0
+    assert found["WEB-WADO-URI-OPEN"]["severity"] == "critical"
+    assert found["WEB-WADO-URI-OPEN"]["details"]["bytes"] > 0
+    # --intrusive: one synthetic object stored by STOW-RS, its UIDs reported for deletion.
+    stow = by_id(written)["WEB-STOW-OPEN"]
+    assert stow["severity"] == "high"
+    assert stow["details"]["study_instance_uid"].startswith("2.25.")
+    assert stow["details"]["study_instance_uid"] in stow["result"]
+    assert "ZZZ^EXPAUDIT" in stow["result"]
+    assert (after["CountStudies"], after["CountInstances"]) == (7, 25)
+    outputs = [proc.stdout, proc.stderr, report.read_text(), page.read_text(), wrote.stdout,
+               written.read_text()]  # fmt: skip
+    assert leaks(files, *outputs) == []
+
+
+def test_pacsvault_https_defaults(server) -> None:
+    """pacsvault's DICOM, DICOM-TLS and HTTPS ports, HTTPS named both ways, write tests
+    included: nothing above low."""
+    files = write_data_set(server.data.parent / "files", SPEC)
+    store = dcmtk("storescu", "-aet", "TESTSCU", "-aec", "PACSVAULT", "127.0.0.1",
+                  str(server.port), *[str(p) for p, _ in files])  # fmt: skip
+    assert store.returncode == 0, store.stderr
+    report = server.data.parent / "r.json"
+    https = f"https://127.0.0.1:{server.https_port}"
+    proc = scan(f"127.0.0.1:{server.port}", f"127.0.0.1:{server.tls_port}",
+                f"127.0.0.1:{server.https_port}", https, "--fail-on", "medium",
+                "--intrusive", "--json", str(report))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout
+    assert "Traceback" not in proc.stderr
+    findings = json.loads(report.read_text())["findings"]
+    assert [f for f in findings if f["severity"] not in ("info", "low")] == []
+    seen = {(f["target"], f["id"]) for f in findings}
+    tls = f"127.0.0.1:{server.tls_port}"
+    assert (tls, "TLS-NO-CLIENT-CERT-REFUSED") in seen
+    assert (https, "WEB-DICOMWEB-PROTECTED") in seen  # the bare host:port was found out as HTTPS
+    assert [f["target"] for f in findings if f["id"] == "WEB-DICOMWEB-PROTECTED"] == [https] * 2
+    certs = [f for f in findings if f["id"] == "TLS-CERT"]
+    assert {c["target"] for c in certs} == {tls, https}
+    for cert in certs:
+        facts = cert["details"]
+        assert "pacsvault local CA" in facts["issuer"] and not facts["self_signed"]
+        assert "IP:127.0.0.1" in facts["subject_alt_names"]
+        assert facts["days_left"] > 30 and facts["key_type"] in ("EC", "RSA", "Ed25519")
+    assert not [f for f in findings if f["id"].startswith("TLS-CERT-")]
+    assert leaks(files, proc.stdout, proc.stderr, report.read_text()) == []
+
+
+def make_certificate(directory: Path, *, key_bits: int = 2048, expired: bool = False,
+                     name: str = "orthanc.invalid") -> tuple[Path, Path]:  # fmt: skip
+    """A self-signed RSA server certificate and key (PEM files) for DICOM-TLS tests."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=key_bits)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "orthanc-test")])
+    now = dt.datetime.now(dt.UTC)
+    end = now - dt.timedelta(days=3) if expired else now + dt.timedelta(days=365)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=400)).not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "server.crt", directory / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))  # fmt: skip
+    return cert_path, key_path
+
+
+@contextlib.contextmanager
+def orthanc_over_tls(tmp_path: Path, require_client_cert: bool):
+    """Orthanc whose DICOM port speaks TLS only (self-signed, expired certificate), open
+    to any AE, holding SPEC (loaded through its REST API)."""
+    cert, key = make_certificate(tmp_path / "tls", expired=True)
+    port, http = free_port(), free_port()
+    config = {
+        "StorageDirectory": str(tmp_path / "s"), "IndexDirectory": str(tmp_path / "i"),
+        "Plugins": [], "HttpPort": http, "DicomPort": port, "DicomAet": "ORTHANC",
+        "DicomCheckCalledAet": False, "DicomAlwaysAllowFind": True,
+        "DicomAlwaysAllowEcho": True, "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False, "DicomTlsEnabled": True,
+        "DicomTlsCertificate": str(cert), "DicomTlsPrivateKey": str(key),
+        "DicomTlsTrustedCertificates": str(cert),
+        "DicomTlsRemoteCertificateRequired": require_client_cert,
+    }  # fmt: skip
+    (tmp_path / "orthanc.json").write_text(json.dumps(config))
+    proc = subprocess.Popen(["/usr/sbin/Orthanc", str(tmp_path / "orthanc.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while socket.socket().connect_ex(("127.0.0.1", http)) != 0:
+            assert time.monotonic() < deadline, "Orthanc did not start"
+            time.sleep(0.2)
+        files = write_data_set(tmp_path / "files", SPEC)
+        for path, _ in files:
+            req = urllib.request.Request(f"http://127.0.0.1:{http}/instances",
+                                         data=path.read_bytes(), method="POST")  # fmt: skip
+            urllib.request.urlopen(req).close()
+        yield port, files
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_dicom_tls_without_a_client_certificate(tmp_path: Path) -> None:
+    """Orthanc's DICOM-TLS with and without DicomTlsRemoteCertificateRequired; its
+    certificate judged without being trusted (self-signed, expired, naming another host)."""
+    outcomes = {}
+    for required in (False, True):
+        work = tmp_path / f"required-{required}"
+        with orthanc_over_tls(work, required) as (port, files):
+            report = work / "r.json"
+            proc = scan(f"127.0.0.1:{port}", "--json", str(report))
+        assert "Traceback" not in proc.stderr
+        assert leaks(files, proc.stdout, proc.stderr, report.read_text()) == []
+        outcomes[required] = by_id(report)
+    admitted, refused = outcomes[False], outcomes[True]
+    assert admitted["TLS-NO-CLIENT-CERT-ACCEPTED"]["severity"] == "medium"
+    assert admitted["DIMSE-FIND-STUDY"]["counts"]["studies"]["value"] == 6  # counted over TLS
+    assert "DIMSE-CLEARTEXT" not in admitted and "DIMSE-CLEARTEXT-SERVICE" not in admitted
+    assert refused["TLS-CLIENT-CERT-REQUIRED"]["severity"] == "info"
+    assert not {"DIMSE-FIND-STUDY", "TLS-NO-CLIENT-CERT-ACCEPTED"} & set(refused)
+    for found in (admitted, refused):
+        facts = found["TLS-CERT"]["details"]
+        assert facts["self_signed"] and facts["days_left"] < 0
+        assert (facts["key_type"], facts["key_bits"]) == ("RSA", 2048)
+        assert facts["subject_alt_names"] == ["DNS:orthanc.invalid"]
+        assert found["TLS-CERT-EXPIRED"]["severity"] == "high"
+        assert found["TLS-CERT-SELF-SIGNED"]["severity"] == "low"
+        assert found["TLS-CERT-NAME-MISMATCH"]["severity"] == "low"
+    # A client-certificate demand must not hide an old TLS version the server accepts.
+    assert ("TLS-OLD-VERSION" in admitted) == ("TLS-OLD-VERSION" in refused)
+
+
+#: Self-signed, RSA 1024 bits, SHA-1, SAN *.example.org, valid for 100 years (made with
+#: `openssl req -x509 -sha1 -newkey rsa:1024`; cryptography no longer signs with SHA-1).
+WEAK_CERTIFICATE = """-----BEGIN CERTIFICATE-----
+MIICFjCCAX+gAwIBAgIUZeuOUzigjYx80SygU6UhHrZ38xEwDQYJKoZIhvcNAQEF
+BQAwDzENMAsGA1UEAwwEcGFjczAgFw0yNjExMzAxOTMzNDlaGA8yMTI2MTEwNjE5
+MzM0OVowDzENMAsGA1UEAwwEcGFjczCBnzANBgkqhkiG9w0BAQEFAAOBjQAwgYkC
+gYEArDcl+i6NySiKpWU9XPoJBCVtsUboXirTRtDT8U4lmtc/5jGJdKhWFncwisWI
+CJFQVdJiIQPqCZCASh8M+VrMh8fA7jVyqPJ8iQgZCP5dRFCBPC+Lawp3TOaaMvvM
+X3iWAB039GjjJrCtoBhtNLxJNStikABDpHLUbzg0zgM2MekCAwEAAaNtMGswHQYD
+VR0OBBYEFAVld/IHwxDyBzkFIJMS/EXr1nvBMB8GA1UdIwQYMBaAFAVld/IHwxDy
+BzkFIJMS/EXr1nvBMA8GA1UdEwEB/wQFMAMBAf8wGAYDVR0RBBEwD4INKi5leGFt
+cGxlLm9yZzANBgkqhkiG9w0BAQUFAAOBgQCChwQpdNz2Q168q0XJI2wlhNDPIT+m
+4Nk5HenUAyvFF6PQ0FH1wXtBUSJh3b6k0sAUyiIPUYUNb4b4ku0Db0MVmOL92NXP
+QjgVaF2G6MsH6VePIxseFfHAIYUYTfMv8MaJJH4bLUepwuVUIHY2GtrtwrMO+JBh
+kZNweDbbtyO4DQ==
+-----END CERTIFICATE-----
+"""
+
+
+def test_certificate_weaknesses() -> None:
+    """Weak key and signature, self-signed, expiring soon, not yet valid, names: from the DER."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from pacsvault.scan.certs import certificate_findings, names_host
+
+    def issued(days: tuple[int, int], san: x509.GeneralName) -> bytes:
+        """An EC P-256 certificate issued by another name, valid from/to *days* from now."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pacs")]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Some CA")]))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now + dt.timedelta(days=days[0]))
+            .not_valid_after(now + dt.timedelta(days=days[1]))
+            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+            .sign(key, hashes.SHA256())
+        )  # fmt: skip
+        return cert.public_bytes(serialization.Encoding.DER)
+
+    def ids(der: bytes, host: str) -> dict[str, str]:
+        return {f.id: f.severity for f in certificate_findings(der, "t", host)}
+
+    weak = x509.load_pem_x509_certificate(WEAK_CERTIFICATE.encode()).public_bytes(
+        serialization.Encoding.DER
+    )
+    assert ids(weak, "pacs.example.org") == {
+        "TLS-CERT": "info", "TLS-CERT-WEAK-KEY": "medium", "TLS-CERT-WEAK-SIGNATURE": "medium",
+        "TLS-CERT-SELF-SIGNED": "low",
+    }  # fmt: skip
+    assert names_host(weak, "PACS.example.org.") and not names_host(weak, "a.b.example.org")
+    assert not names_host(weak, "example.org")
+    soon = issued((-1, 10), x509.DNSName("pacs.example.org"))
+    assert ids(soon, "pacs.example.org") == {"TLS-CERT": "info", "TLS-CERT-EXPIRING": "low"}
+    early = issued((5, 300), x509.IPAddress(ipaddress.ip_address("10.1.2.3")))
+    assert ids(early, "10.1.2.4") == {
+        "TLS-CERT": "info", "TLS-CERT-EXPIRED": "medium", "TLS-CERT-NAME-MISMATCH": "low",
+    }  # fmt: skip
+    assert names_host(early, "10.1.2.3")
+
+
+def test_orthanc_find_cap_is_counted_past_by_study_date(tmp_path: Path) -> None:
+    """Orthanc's LimitFindResults: the cap is found and the studies counted exactly anyway."""
+    with running_orthanc(tmp_path, LimitFindResults=4) as (port, _http, files):
+        report = tmp_path / "r.json"
+        proc = scan(f"127.0.0.1:{port}", "--json", str(report))
+    study = by_id(report)["DIMSE-FIND-STUDY"]
+    assert {k: (v["value"], v["quality"]) for k, v in study["counts"].items()} == {
+        "patients": (3, "exact"), "studies": (6, "exact"), "series": (12, "exact"),
+        "instances": (24, "exact"),
+    }  # fmt: skip
+    cap = study["details"]["result_cap"]
+    assert cap["answers_per_query"] == 4 and cap["lower_bound_because"] == ""
+    assert "Cancel" in cap["evidence"] and cap["date_range_queries"] > 1
+    assert "stops at 4 answers" in study["result"]
+    assert leaks(files, proc.stdout, proc.stderr, report.read_text()) == []
+
+
+class CappedServer:
+    """A fake C-FIND server for caps.partition: studies by date, at most *cap* answers."""
+
+    def __init__(self, dates: list[str], cap: int, ranges: bool = True) -> None:
+        from pacsvault.scan.tally import Tally
+
+        self.dates, self.cap, self.ranges = dates, cap, ranges
+        self.tally = Tally()
+
+    def query(self, date_range: str):
+        from pydicom.dataset import Dataset
+
+        from pacsvault.scan.caps import CANCEL, SUCCESS, Run
+        from pacsvault.scan.tally import in_range
+
+        matching = [(n, d) for n, d in enumerate(self.dates)
+                    if not self.ranges or in_range(d, date_range)]  # fmt: skip
+        run = Run(0, SUCCESS)
+        for n, date in matching[: self.cap]:
+            ds = Dataset()
+            ds.StudyInstanceUID, ds.PatientID, ds.StudyDate = f"2.25.{n}", f"P{n % 3}", date
+            self.tally.add_study(ds)
+            run.responses += 1
+            run.outside += not in_range(date, date_range)
+        if len(matching) > self.cap:
+            run.status = CANCEL
+        return run
+
+
+def test_partition_by_study_date_counts_past_a_cap() -> None:
+    import datetime as dt
+
+    from pacsvault.scan.caps import Run, cap_evidence, partition
+
+    today = dt.date(2026, 6, 1)
+    spread = [f"20{y:02d}{m:02d}15" for y in range(10, 24) for m in (1, 6, 11)]  # 42 studies
+    server = CappedServer(spread, cap=5)
+    server.query("")
+    result = partition(server.query, 5, today)
+    assert (server.tally.responses, result.incomplete) == (42, "")
+    assert result.queries < 200
+    crowded = CappedServer(["20200101"] * 7 + ["20210101"], cap=5)  # one day beyond the cap
+    result = partition(crowded.query, 5, today)
+    assert "single day in 2020" in result.incomplete and crowded.tally.responses == 6
+    deaf = CappedServer(spread, cap=5, ranges=False)  # ignores StudyDate
+    result = partition(deaf.query, 5, today)
+    assert result.stopped and "does not match StudyDate" in result.incomplete
+    assert "Cancel" in cap_evidence(Run(4, 0xFE00))
+    assert "round number" in cap_evidence(Run(500, 0x0000))
+    assert cap_evidence(Run(37, 0x0000)) == cap_evidence(Run(500, 0, cancelled=True)) == ""
+
+
+class FakeQido:
+    """A loopback QIDO-RS server with *n* studies; optionally ignoring ``offset``."""
+
+    def __init__(self, n: int, honour_offset: bool = True) -> None:
+        import http.server
+        from urllib.parse import parse_qs, urlsplit
+
+        studies = [{"0020000D": {"vr": "UI", "Value": [f"2.25.{i}"]},
+                    "00100020": {"vr": "LO", "Value": [f"P{i % 4}"]},
+                    "00201206": {"vr": "IS", "Value": [2]},
+                    "00201208": {"vr": "IS", "Value": [3]}} for i in range(n)]  # fmt: skip
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                if url.path != "/dicom-web/studies":
+                    self.send_error(404)
+                    return
+                query = parse_qs(url.query)
+                limit = int(query.get("limit", ["100"])[0])
+                offset = int(query.get("offset", ["0"])[0]) if honour_offset else 0
+                body = json.dumps(studies[offset : offset + limit]).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_qido_paging_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without native counters, QIDO-RS is paged: exact when the server pages, else lower bound."""
+    from pacsvault.scan import dicomweb
+
+    monkeypatch.setattr(dicomweb, "PAGE_SIZE", 4)
+    for honour, quality in ((True, "exact"), (False, "lower bound")):
+        fake = FakeQido(10, honour_offset=honour)
+        try:
+            found = dicomweb.probe_dicomweb(fake.base, "t", 5.0)
+        finally:
+            fake.close()
+        qido = next(f for f in found if f.id == "WEB-QIDO-OPEN")
+        counts = {k: (c.value, c.quality) for k, c in qido.counts.items()}
+        studies = 10 if honour else 4
+        assert counts == {"patients": (4, quality), "studies": (studies, quality),
+                          "series": (2 * studies, quality), "instances": (3 * studies, quality)}
+
+
+def test_multipart_parts_are_counted_across_chunks() -> None:
+    from pacsvault.scan.dicomweb import PartCounter
+
+    boundary = "b0undary-42"
+    body = b"".join(
+        f"\r\n--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + b"\0" * 128 + b"DICM" + bytes(range(256)) * 3
+        for _ in range(3)
+    ) + f"\r\n--{boundary}--\r\n".encode()
+    for size in (1, 5, 7, 64, len(body)):
+        counter = PartCounter(boundary)
+        for at in range(0, len(body), size):
+            counter(body[at : at + size])
+        assert (counter.parts(truncated=False), counter.dicm) == (3, True), size
+
+
+class TlsServer:
+    """A loopback TLS server that completes handshakes and then waits (no DICOM)."""
+
+    def __init__(self, cert: Path, key: Path, verify: ssl.VerifyMode,
+                 max_version: ssl.TLSVersion) -> None:  # fmt: skip
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.ctx.load_verify_locations(cafile=str(cert))
+        self.ctx.verify_mode, self.ctx.maximum_version = verify, max_version
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        with contextlib.suppress(OSError), self.ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(1)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_client_certificate_demand_seen_in_tls_12_and_13(tmp_path: Path) -> None:
+    """TLS 1.2 refuses inside the handshake (seen by refusing a throwaway certificate),
+    TLS 1.3 right after it; a server that only requests a certificate is not flagged."""
+    from pacsvault.scan.tls_probe import probe_tls
+
+    cert, key = make_certificate(tmp_path, name="localhost")
+    cases = [(ssl.CERT_REQUIRED, ssl.TLSVersion.TLSv1_2), (ssl.CERT_REQUIRED,
+             ssl.TLSVersion.TLSv1_3), (ssl.CERT_OPTIONAL, ssl.TLSVersion.TLSv1_3)]  # fmt: skip
+    seen = []
+    for verify, version in cases:
+        server = TlsServer(cert, key, verify, version)
+        try:
+            found = {f.id: f for f in probe_tls("127.0.0.1", server.port, 3.0)}
+        finally:
+            server.close()
+        assert "TLS-SUPPORTED" in found
+        seen.append("TLS-CLIENT-CERT-REQUIRED" in found)
+    assert seen == [True, True, False]

@@ -139,13 +139,60 @@ GROUPS: dict[str, Group] = {
         },
     ),
     "tls": Group(
-        """DICOM-TLS (EXP-DIMSE-13): whether the port speaks TLS and which versions it accepts.""",
+        """DICOM-TLS and HTTPS (EXP-DIMSE-13, EXP-WEB-09): the TLS versions accepted, the server
+        certificate (fetched without verification: an untrusted certificate is a result, not a
+        failure), and whether DICOM-TLS demands a client certificate, tried by a handshake and
+        an association without one.""",
         {
             "TLS-SUPPORTED": Entry("info", "DICOM over TLS offered"),
             "TLS-OLD-VERSION": Entry(
                 "high",
                 "TLS 1.1 or older accepted",
                 "Follow the BCP 195 profile of PS3.15: TLS 1.2 minimum, 1.3 preferred.",
+            ),
+            "TLS-CERT": Entry("info", "Server certificate"),
+            "TLS-CERT-EXPIRED": Entry(
+                "high",
+                "Server certificate expired",
+                "Install a current certificate from your CA, and renew it before it expires.",
+                variants={"not yet valid": "medium"},
+            ),
+            "TLS-CERT-EXPIRING": Entry(
+                "low",
+                "Server certificate expires within 30 days",
+                "Renew the certificate now, before peers start refusing it.",
+            ),
+            "TLS-CERT-SELF-SIGNED": Entry(
+                "low",
+                "Self-signed server certificate",
+                "Issue the server certificate from a CA the peers trust (a site CA is fine), so "
+                "peers can verify it instead of accepting any certificate.",
+            ),
+            "TLS-CERT-WEAK-KEY": Entry(
+                "medium",
+                "Weak server key",
+                "Use an RSA key of at least 2048 bits or an ECDSA P-256 (or larger) key.",
+            ),
+            "TLS-CERT-WEAK-SIGNATURE": Entry(
+                "medium",
+                "Certificate signed with a weak hash",
+                "Reissue the certificate signed with SHA-256 or stronger.",
+            ),
+            "TLS-CERT-NAME-MISMATCH": Entry(
+                "low",
+                "Certificate does not name the host",
+                "Reissue the certificate with the host names and addresses peers connect to in "
+                "its subject alternative names.",
+            ),
+            "TLS-CLIENT-CERT-REQUIRED": Entry("info", "Client certificate required"),
+            "TLS-NO-CLIENT-CERT-REFUSED": Entry(
+                "info", "Association without a client certificate refused"
+            ),
+            "TLS-NO-CLIENT-CERT-ACCEPTED": Entry(
+                "medium",
+                "DICOM-TLS association accepted without a client certificate",
+                "Require a client certificate from every remote AE (Orthanc: "
+                "DicomTlsRemoteCertificateRequired true; pacsvault: peer add --client-cert ca).",
             ),
         },
     ),
@@ -161,19 +208,14 @@ GROUPS: dict[str, Group] = {
         },
     ),
     "web": Group(
-        """Web services reachable without login (EXP-WEB-01 to -04, -08): Orthanc's REST API,
-        DICOMweb, viewer pages, default logins (--try-default-credentials), plain HTTP.""",
+        """Web services reachable without login (EXP-WEB-01 to -03, -08): Orthanc's REST API,
+        viewer pages, default logins (--try-default-credentials), plain HTTP.""",
         {
             "WEB-ORTHANC-REST-OPEN": Entry(
                 "critical",
                 "Orthanc REST API open without login",
                 "Enable AuthenticationEnabled with strong RegisteredUsers, keep "
                 "RemoteAccessAllowed false unless behind an authenticating proxy with TLS.",
-            ),
-            "WEB-QIDO-OPEN": Entry(
-                "critical",
-                "DICOMweb QIDO-RS open without login",
-                "Require authentication (a token or session) on every DICOMweb route.",
             ),
             "WEB-VIEWER-OPEN": Entry(
                 "high", "Viewer page served without login", "Put the viewer behind a login."
@@ -188,6 +230,37 @@ GROUPS: dict[str, Group] = {
                 "Web service over cleartext HTTP",
                 "Serve HTTPS only (TLS 1.2+), or bind HTTP to loopback behind a TLS proxy.",
             ),
+        },
+    ),
+    "dicomweb": Group(
+        """DICOMweb without credentials (EXP-WEB-04 to -06): the roots found, QIDO-RS study
+        search counted (native counters when the server has them, else limit/offset paging),
+        one study retrieved by WADO-RS and one object by WADO-URI (read and discarded: only
+        parts and bytes are counted), and with --intrusive one STOW-RS of a synthetic object.""",
+        {
+            "WEB-QIDO-OPEN": Entry(
+                "critical",
+                "DICOMweb QIDO-RS open without login",
+                "Require authentication (a token or session) on every DICOMweb route.",
+                variants={"while empty": "high"},
+            ),
+            "WEB-WADO-OPEN": Entry(
+                "critical",
+                "DICOMweb WADO-RS retrieve open without login",
+                "Require authentication on every DICOMweb route, retrieve included.",
+            ),
+            "WEB-WADO-URI-OPEN": Entry(
+                "critical",
+                "WADO-URI retrieve open without login",
+                "Require authentication on WADO-URI, or turn it off (Orthanc DICOMweb plugin: "
+                "EnableWado false).",
+            ),
+            "WEB-STOW-OPEN": Entry(
+                "high",
+                "A stranger can store objects by STOW-RS",
+                "Require authentication and a store permission on STOW-RS.",
+            ),
+            "WEB-DICOMWEB-PROTECTED": Entry("info", "DICOMweb asks for credentials"),
         },
     ),
 }

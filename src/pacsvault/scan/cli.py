@@ -18,21 +18,51 @@ TLS_PORTS = (2761, 2762)
 
 
 def probe_dicom(t: Target, args: argparse.Namespace) -> list[Finding]:
-    """DICOM-TLS first on the TLS ports, cleartext DICOM first elsewhere.
+    """DICOM-TLS first on the TLS ports, cleartext DICOM first elsewhere; a port that
+    speaks neither is tried as HTTPS, then as HTTP.
 
     A TLS ClientHello sent to a cleartext DICOM port reads as a huge PDU and can keep a
     single-process server (dcmqrscp) busy, so TLS is tried there only when the port did
     not speak cleartext DICOM.
     """
     from pacsvault.scan.dimse_probe import probe
-    from pacsvault.scan.tls_probe import probe_tls
 
-    if t.port in TLS_PORTS and (found := probe_tls(t.host, t.port, args.timeout)):
+    if t.port in TLS_PORTS and (found := probe_tls_port(t, args)):
         return found
     found = probe(t, timeout=args.timeout, budget=args.budget, intrusive=args.intrusive)
     if any(f.id == "NET-NOT-DICOM" for f in found):
-        return probe_tls(t.host, t.port, args.timeout) or found
+        return probe_tls_port(t, args) or probe_web(t, args, tls=False) or found
     return found
+
+
+def probe_tls_port(t: Target, args: argparse.Namespace) -> list[Finding]:
+    """A port that speaks TLS: DICOM-TLS checks, then the DIMSE checks over TLS without a
+    client certificate (unless the handshake already demanded one). [] when no TLS.
+
+    When the port turns out to serve HTTPS rather than DICOM, its web checks are returned
+    instead.
+    """
+    from pacsvault.scan.dimse_probe import probe
+    from pacsvault.scan.tls_probe import probe_tls
+
+    found = probe_tls(t.host, t.port, args.timeout, str(t))
+    if not found or any(f.id == "TLS-CLIENT-CERT-REQUIRED" for f in found):
+        return found
+    over_tls = probe(t, timeout=args.timeout, budget=args.budget, intrusive=args.intrusive,
+                     tls=True)  # fmt: skip
+    if any(f.id == "NET-NOT-DICOM" for f in over_tls):
+        return probe_web(t, args, tls=True) or found + over_tls
+    return found + over_tls
+
+
+def probe_web(
+    t: Target, args: argparse.Namespace, tls: bool, guessing: bool = True
+) -> list[Finding]:
+    """The web checks on *t*; [] when no web server answers there."""
+    from pacsvault.scan.web_probe import probe_http
+
+    return probe_http(t.host, t.port, tls, args.timeout, args.try_default_credentials,
+                      budget=args.budget, intrusive=args.intrusive, guessing=guessing)  # fmt: skip
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -53,8 +83,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     import logging
 
-    from pacsvault.scan.web_probe import probe_http
-
     # pynetdicom logs every refused association as an error; here refusals are results.
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
 
@@ -71,8 +99,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 if t.scheme == "dicom":
                     found = probe_dicom(t, args)
                 else:
-                    found = probe_http(t.host, t.port, t.scheme == "https", args.timeout,
-                                       args.try_default_credentials)  # fmt: skip
+                    found = probe_web(t, args, t.scheme == "https", guessing=False)
                 if not t.explicit:  # default-port sweep: closed ports are not news
                     found = [f for f in found if f.id != "NET-UNREACHABLE"]
                 out += found
@@ -106,7 +133,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``pacsvault scan``."""
     p = sub.add_parser("scan", parents=[common], help="show what a stranger could see on a PACS")
-    p.add_argument("targets", nargs="+", help="host, host:port, AET@host:port, URL or CIDR")
+    p.add_argument(
+        "targets",
+        nargs="+",
+        help="host, host:port (DICOM, DICOM-TLS, HTTP or HTTPS: found out), AET@host:port, "
+        "http(s):// or dicom:// URL, or CIDR",
+    )
     p.add_argument("--ports", help="comma-separated DICOM ports (default 104,11112,4242,2761,2762)")
     p.add_argument(
         "--authorized",
@@ -121,8 +153,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument(
         "--intrusive",
         action="store_true",
-        help="also test writing: C-STORE one obviously synthetic object (its UIDs "
-        "are reported so the owner can delete it)",
+        help="also test writing: C-STORE and STOW-RS one obviously synthetic object "
+        "(patient ZZZ^EXPAUDIT; its UIDs are reported so the owner can delete it)",
     )
     p.add_argument("--json", type=Path, metavar="PATH", help="write the JSON report")
     p.add_argument("--html", type=Path, metavar="PATH", help="write a self-contained HTML report")
@@ -137,7 +169,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--budget",
         type=int,
         default=100_000,
-        help="C-FIND responses read before C-CANCEL (counts become lower bounds)",
+        help="C-FIND / QIDO-RS answers read per target before stopping (C-CANCEL); counts "
+        "become lower bounds",
     )
     p.add_argument("--concurrency", type=int, default=8, help="hosts probed at once")
     p.add_argument("--time-limit", type=float, default=600.0, help="seconds for the whole run")

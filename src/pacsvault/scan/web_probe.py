@@ -1,52 +1,31 @@
-"""Web checks: Orthanc's REST API, DICOMweb roots and viewer pages, reachable without login.
+"""Web checks: Orthanc's REST API, DICOMweb, viewer pages, reachable without login; HTTPS.
 
-Only GET requests, small bodies; never a study's content. Counts come from Orthanc's
-own ``/statistics`` counters (marked exact, method "native counters").
+GET requests with small bodies, except the DICOMweb retrieve tests (scan/dicomweb.py:
+one study read and discarded) and, with --intrusive, one STOW-RS. Counts come from
+Orthanc's own ``/statistics`` counters (marked exact, method "native counters") when
+readable, else from QIDO-RS paging. On HTTPS, the TLS versions and the certificate are
+checked as on DICOM-TLS (scan/tls_probe.py).
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import ssl
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 
 from pacsvault.scan.catalogue import finding
+from pacsvault.scan.dicomweb import probe_dicomweb
 from pacsvault.scan.findings import Count, Finding
+from pacsvault.scan.http import Reply, fetch
+from pacsvault.scan.tls_probe import handshake, tls_findings
 from pacsvault.scan.vulns import from_orthanc_version
 
-QIDO_ROOTS = ("/dicom-web/studies?limit=1", "/dcm4chee-arc/aets/DCM4CHEE/rs/studies?limit=1",
-              "/wado/studies?limit=1")  # fmt: skip
 VIEWER_PAGES = ("/app/explorer.html", "/ui/app/", "/dcm4chee-arc/ui2/", "/viewer")
-MAX_BODY = 1 << 20
 #: Tried only with --try-default-credentials: at most five, product defaults from vendor docs.
 DEFAULT_CREDENTIALS = (("orthanc", "orthanc"), ("admin", "admin"), ("admin", "password"),
                        ("alice", "alicePassword"), ("root", "root"))  # fmt: skip
 
 
-@dataclass
-class Reply:
-    status: int
-    body: bytes
-
-
 def _get(base: str, path: str, timeout: float, auth: tuple[str, str] | None = None) -> Reply | None:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # we test exposure, not trust
-    headers = {"User-Agent": "pacsvault-scan"}
-    if auth is not None:
-        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        headers["Authorization"] = f"Basic {token}"
-    req = urllib.request.Request(base + path, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
-            return Reply(r.status, r.read(MAX_BODY))
-    except urllib.error.HTTPError as exc:
-        return Reply(exc.code, b"")
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
+    return fetch(base + path, timeout, auth=auth)
 
 
 def _json(reply: Reply | None) -> object:
@@ -58,67 +37,98 @@ def _json(reply: Reply | None) -> object:
         return None
 
 
-def probe_http(
-    host: str, port: int, tls: bool, timeout: float = 5.0, try_defaults: bool = False
-) -> list[Finding]:
-    """Run the web checks against one HTTP(S) endpoint."""
-    scheme = "https" if tls else "http"
-    base = f"{scheme}://{host}:{port}"
-    where = base
-    root = _get(base, "/", timeout)
-    if root is None:
-        return []  # no web server here
-    findings: list[Finding] = []
-    auth_seen = root.status == 401
+def _orthanc(
+    base: str, where: str, timeout: float
+) -> tuple[list[Finding], dict[str, Count], bool]:
+    """EXP-WEB-01/-03: Orthanc's REST API open, with its native counters when readable.
+
+    Returns the findings, the counts, and whether ``/system`` asked for a login.
+    """
     system = _get(base, "/system", timeout)
     info = _json(system)
-    if isinstance(info, dict) and "Version" in info:
-        version = str(info.get("Version"))
-        stats = _json(_get(base, "/statistics", timeout))
-        method = "native counters (Orthanc /statistics)"
-        counts = {
-            name: Count(int(stats.get(key, 0)), "exact", method)
-            for name, key in (("patients", "CountPatients"), ("studies", "CountStudies"),
-                              ("series", "CountSeries"), ("instances", "CountInstances"))
-        } if isinstance(stats, dict) else None  # fmt: skip
-        findings.append(finding(
-            "WEB-ORTHANC-REST-OPEN", where,
-            f"GET /system answered without credentials (Orthanc {version})",
-            counts=counts, details={"product": "Orthanc", "version": version},
-        ))  # fmt: skip
-        findings += from_orthanc_version(version, where)
-    elif system is not None and system.status == 401:
-        auth_seen = True
-    for path in QIDO_ROOTS:
-        data = _json(_get(base, path, timeout))
-        if isinstance(data, list):
-            findings.append(finding(
-                "WEB-QIDO-OPEN", where,
-                f"GET {path.split('?')[0]} listed studies without credentials",
-            ))  # fmt: skip
-            break
+    if not (isinstance(info, dict) and "Version" in info):
+        return [], {}, system is not None and system.status == 401
+    version = str(info.get("Version"))
+    stats = _json(_get(base, "/statistics", timeout))
+    method = "native counters (Orthanc /statistics)"
+    counts = {
+        name: Count(int(stats.get(key, 0)), "exact", method)
+        for name, key in (("patients", "CountPatients"), ("studies", "CountStudies"),
+                          ("series", "CountSeries"), ("instances", "CountInstances"))
+    } if isinstance(stats, dict) else {}  # fmt: skip
+    found = finding(
+        "WEB-ORTHANC-REST-OPEN", where,
+        f"GET /system answered without credentials (Orthanc {version})",
+        counts=counts or None, details={"product": "Orthanc", "version": version},
+    )  # fmt: skip
+    return [found, *from_orthanc_version(version, where)], counts, False
+
+
+def _viewer(base: str, where: str, timeout: float) -> tuple[list[Finding], bool]:
+    """EXP-WEB-08: a viewer page served without login; and whether one asked for a login."""
+    auth_seen = False
     for path in VIEWER_PAGES:
         page = _get(base, path, timeout)
         if page is not None and page.status == 200 and page.body:
-            findings.append(finding(
-                "WEB-VIEWER-OPEN", where, f"GET {path} returned a page without credentials"
-            ))  # fmt: skip
-            break
+            text = f"GET {path} returned a page without credentials"
+            return [finding("WEB-VIEWER-OPEN", where, text)], auth_seen
         if page is not None and page.status == 401:
             auth_seen = True
+    return [], auth_seen
+
+
+def _default_login(base: str, where: str, timeout: float) -> list[Finding]:
+    """EXP-WEB-02 (--try-default-credentials): at most five well-known logins."""
+    for user, password in DEFAULT_CREDENTIALS:
+        reply = _get(base, "/system", timeout, (user, password))
+        if reply is not None and reply.status == 200:
+            return [finding(
+                "WEB-DEFAULT-CREDENTIALS", where,
+                f"the well-known login '{user}' with its default password was accepted",
+            )]  # fmt: skip
+    return []
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def probe_http(
+    host: str,
+    port: int,
+    tls: bool,
+    timeout: float = 5.0,
+    try_defaults: bool = False,
+    *,
+    budget: int = 100_000,
+    intrusive: bool = False,
+    guessing: bool = False,
+) -> list[Finding]:
+    """Run the web checks against one HTTP(S) endpoint; [] when no web server answers.
+
+    *guessing*: the port was named without a scheme and did not speak DICOM; it counts
+    as a web server only when ``GET /`` gets a proper answer (not 400 Bad Request).
+    """
+    base = f"{'https' if tls else 'http'}://{_netloc(host, port)}"
+    where = base
+    root = _get(base, "/", timeout)
+    if root is None or (guessing and root.status == 400):
+        return []
+    findings, native, system_login = _orthanc(base, where, timeout)
+    findings += probe_dicomweb(base, where, timeout, budget=budget, intrusive=intrusive,
+                               native=native or None)  # fmt: skip
+    viewer, viewer_login = _viewer(base, where, timeout)
+    findings += viewer
+    dicomweb_login = any(f.id == "WEB-DICOMWEB-PROTECTED" for f in findings)
+    auth_seen = root.status == 401 or system_login or viewer_login or dicomweb_login
     if auth_seen and try_defaults:
-        for user, password in DEFAULT_CREDENTIALS:
-            reply = _get(base, "/system", timeout, (user, password))
-            if reply is not None and reply.status == 200:
-                findings.append(finding(
-                    "WEB-DEFAULT-CREDENTIALS", where,
-                    f"the well-known login '{user}' with its default password was accepted",
-                ))  # fmt: skip
-                break
+        findings += _default_login(base, where, timeout)
     if not tls:
         findings.append(finding(
             "WEB-CLEARTEXT", where,
             "credentials and images would cross the network readable"
             + (" (it asks for a login over plain HTTP)" if auth_seen else ""),
         ))  # fmt: skip
+    elif (shake := handshake(host, port, timeout)) is not None:
+        findings += tls_findings(host, port, timeout, where, shake)
     return findings
