@@ -18,7 +18,8 @@ $(BIN)/pacsvault: pyproject.toml
 venv: $(BIN)/pacsvault
 
 debs:
-	scripts/ensure-debian-packages /usr/bin/storescu:dcmtk /usr/sbin/Orthanc:orthanc
+	scripts/ensure-debian-packages /usr/bin/storescu:dcmtk /usr/sbin/Orthanc:orthanc \
+	  /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb
 
 test: venv debs
 	$(BIN)/ruff check . bench/ingest bench/find
