@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -185,3 +186,117 @@ def orthanc_get(http_port: int, path: str, timeout: float = 60) -> Any:
     url = f"http://127.0.0.1:{http_port}{path}"
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.load(r)
+
+
+# -- DICOMweb (bench/web) ------------------------------------------------------------------
+
+ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def orthanc_dicomweb_overrides() -> dict[str, Any]:
+    """Orthanc settings that load Debian's DICOMweb plugin at ``/dicom-web/`` (WADO-URI off)."""
+    return {
+        "Plugins": [str(ORTHANC_DICOMWEB_PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
+    }
+
+
+def create_token(data: Path, user: str = "bench", role: str = "radiologist") -> str:
+    """Add *user* with *role* to pacsvault *data* and return a new write-scope API token.
+
+    The token is the last line ``pacsvault token create`` prints.
+    """
+    cmd, env = pacsvault_cmd(data), pacsvault_env()
+    subprocess.run([*cmd, "user", "add", user, "--role", role],
+                   check=True, capture_output=True, env=env)  # fmt: skip
+    out = subprocess.run(
+        [*cmd, "token", "create", "--user", user, "--scope", "write"],
+        check=True, capture_output=True, text=True, env=env,
+    ).stdout  # fmt: skip
+    return out.strip().splitlines()[-1].strip()
+
+
+def serve_pacsvault_https(data: Path, log: Path) -> tuple[subprocess.Popen, int]:
+    """Start ``pacsvault serve`` on loopback free ports; (process, HTTPS port).
+
+    Does not wait for it: call :func:`wait_for_http`.
+    """
+    https = free_port()
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(
+            [*pacsvault_cmd(data), "serve", "--bind", "127.0.0.1", "--dicom-port",
+             str(free_port()), "--tls-port", str(free_port()), "--https-port", str(https)],
+            stdout=subprocess.DEVNULL, stderr=err, env=pacsvault_env(),
+        )  # fmt: skip
+    return proc, https
+
+
+def http_session(ca: Path | None = None, token: str | None = None) -> Any:
+    """A ``requests`` session that ignores proxy and CA variables from the environment.
+
+    *ca*: the only CA trusted for HTTPS (REQUESTS_CA_BUNDLE would otherwise override
+    ``verify``); *token*: sent as ``Authorization: Bearer``. Responses are asked
+    uncompressed (``Accept-Encoding: identity``), so no server spends time on gzip.
+    """
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(ca) if ca else True
+    session.headers["Accept-Encoding"] = "identity"
+    if token:
+        session.headers["Authorization"] = f"Bearer {token}"
+    return session
+
+
+def wait_for_http(
+    session: Any, url: str, proc: subprocess.Popen | None = None, timeout: float = 60
+) -> None:
+    """Return once GET *url* answers 200 on *session*.
+
+    Raises RuntimeError after *timeout* seconds, or as soon as *proc* (the server)
+    exits; *proc*, when given, is stopped before anything is raised (Ctrl-C included).
+    """
+    import requests
+
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{url}: server exited with status {proc.returncode}")
+            try:
+                if session.get(url, timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+    except BaseException:
+        if proc is not None:
+            stop(proc)
+        raise
+
+
+_BOUNDARY = re.compile(r'boundary="?([^";,\s]+)"?', re.IGNORECASE)
+
+
+def multipart_parts(body: bytes, content_type: str) -> list[bytes]:
+    """The bodies of the parts of a ``multipart/related`` *body* (headers dropped)."""
+    found = _BOUNDARY.search(content_type)
+    if not found:
+        raise ValueError(f"no boundary in {content_type!r}")
+    pieces = (b"\r\n" + body).split(b"\r\n--" + found.group(1).encode())
+    parts = []
+    for piece in pieces[1:]:
+        if piece.startswith(b"--"):
+            break
+        parts.append(piece.partition(b"\r\n\r\n")[2])
+    return parts
+
+
+def multipart_body(parts: list[bytes], media: str = "application/dicom") -> tuple[bytes, str]:
+    """A ``multipart/related`` body of *parts*, each of type *media*; (body, Content-Type)."""
+    boundary = os.urandom(16).hex()
+    head = f"--{boundary}\r\nContent-Type: {media}\r\n\r\n".encode()
+    body = b"".join(head + part + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="{media}"; boundary={boundary}'
