@@ -22,11 +22,11 @@ debs:
 	  /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb
 
 test: venv debs
-	$(BIN)/ruff check . bench/ingest bench/find
+	$(BIN)/ruff check . bench/ingest bench/find bench/web
 	$(BIN)/python -m pytest -q
 
 lint: venv
-	$(BIN)/ruff check . bench/ingest bench/find
+	$(BIN)/ruff check . bench/ingest bench/find bench/web
 
 # Demo only: registers a loopback workstation DEMOSCU allowed every service.
 run: venv debs

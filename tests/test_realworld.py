@@ -233,3 +233,24 @@ def test_a_find_get_peer_cannot_store(ws2, tmp_path: Path) -> None:
     finally:
         assoc.release()
     assert f"instances: {len(files)}" in cli(server.data, "status").stdout
+
+
+@pytest.mark.parametrize("group_length", [True, False])
+def test_a_file_meta_cut_anywhere_is_never_read_as_complete(group_length: bool) -> None:
+    """A stream's reader (STOW-RS) parses the file meta as bytes arrive: every cut
+    point must say "wait", never give a shortened transfer syntax or offset. Some
+    writers leave out the group length; those files are read to the first dataset tag."""
+    from pydicom.data import get_testdata_file
+
+    from pacsvault.dicom.part10 import CutOff, read_file_meta
+
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    if not group_length:
+        data = data[:132] + data[144:]
+    full = read_file_meta(data)
+    assert full[0] == "1.2.840.10008.1.2.1" and full[3] < len(data)
+    assert full[3] == (336 if group_length else 324)
+    for cut in range(132, full[3] + 1):
+        with pytest.raises(CutOff):
+            read_file_meta(data[:cut])
+    assert read_file_meta(data[: full[3] + 8]) == full

@@ -552,3 +552,21 @@ def test_openid_connect_bearer_tokens(data_dir: Path, make_server, issuer) -> No
     out = cli(data_dir, "audit", "search", "--user", "dr.who").stdout
     assert "\tquery\tsuccess\tuser:dr.who" in out
     cli(data_dir, "lockout", "clear")
+
+
+def test_web_connections_have_nagle_off() -> None:
+    """Responses go out at once: with Nagle on, every body waited ~40 ms behind its
+    headers for the client's delayed ACK (bench/web found it)."""
+    import socket
+
+    from pacsvault.web.server import bind_listener
+
+    listener = bind_listener("127.0.0.1", 0)
+    try:
+        assert listener.proto == socket.IPPROTO_TCP  # asyncio sets TCP_NODELAY only then
+        client = socket.create_connection(listener.getsockname()[:2])
+        conn, _ = listener.accept()
+        with client, conn:
+            assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        listener.close()

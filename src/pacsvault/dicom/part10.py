@@ -39,21 +39,35 @@ def _at_pixel_data(tag: BaseTag, _vr: str | None, _length: int) -> bool:
     return tag >= 0x7FE00010
 
 
+class CutOff(NotDicom):
+    """The bytes end before the file meta information does (or before any dataset)."""
+
+
 def split_part10(data: bytes) -> tuple[str, int]:
     """Return (transfer syntax UID, offset of the dataset) of a Part-10 file's bytes.
 
     Raises :class:`NotDicom` when there is no ``DICM`` preamble or the meta header
-    has no transfer syntax.
+    has no transfer syntax, and :class:`CutOff` when *data* ends inside the file meta
+    information or right after it (a stream's reader waits for more; a file has no
+    dataset).
     """
     if len(data) < 132 or data[128:132] != b"DICM":
         raise NotDicom("no DICOM preamble")
+    if data[132:138] == b"\x02\x00\x00\x00UL"[: len(data) - 132] and len(data) < 144:
+        raise CutOff("the data ends inside the file meta information group length")
+    if data[132:138] == b"\x02\x00\x00\x00UL" and len(data) <= meta_length(data):
+        raise CutOff("the data ends inside or right after the file meta information")
     fp = BytesIO(data)
     try:
         read_preamble(fp, False)
         meta = read_dataset(fp, is_implicit_VR=False, is_little_endian=True, stop_when=_not_group_2)
         ts = meta.get("TransferSyntaxUID")
     except Exception as exc:
+        if fp.tell() >= len(data):
+            raise CutOff("the data ends inside the file meta information") from None
         raise NotDicom(f"unreadable file meta information ({type(exc).__name__})") from None
+    if fp.tell() >= len(data):  # pydicom reads a cut-off value short, to the end
+        raise CutOff("the data ends inside or right after the file meta information")
     if not ts:
         raise NotDicom("file meta information has no transfer syntax")
     return str(ts).strip(), fp.tell()

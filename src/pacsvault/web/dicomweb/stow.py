@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pacsvault.dicom import status as st
 from pacsvault.dicom.json_model import element
-from pacsvault.dicom.part10 import NotDicom, read_file_meta
+from pacsvault.dicom.part10 import CutOff, NotDicom, read_file_meta
 from pacsvault.security.identity import Principal
 from pacsvault.storage.archive import Archive, Incoming, StoreResult, StoreStatus
 from pacsvault.web.dicomweb.multipart import (
@@ -59,10 +59,14 @@ class Part:
             return
         try:
             self.ts, self.sop_class, self.sop_instance, offset = read_file_meta(bytes(self.head))
-        except NotDicom as exc:
-            if len(self.head) > HEAD_LIMIT or self.head[128:132] != b"DICM":
-                self.problem = f"not a DICOM Part-10 object ({exc})"
+        except CutOff:
+            if len(self.head) > HEAD_LIMIT:
+                self.problem = "not a DICOM Part-10 object (file meta information too long)"
                 self.head = bytearray()
+            return  # wait for the rest of the file meta information
+        except NotDicom as exc:
+            self.problem = f"not a DICOM Part-10 object ({exc})"
+            self.head = bytearray()
             return
         self.incoming = self.archive.receive(self.principal, self.ts,
                                              sop_class=self.sop_class,
