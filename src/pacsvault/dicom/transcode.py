@@ -11,7 +11,8 @@ from __future__ import annotations
 from io import BytesIO
 from typing import BinaryIO
 
-from pydicom.dataset import Dataset
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
@@ -62,6 +63,7 @@ def transcode(fp: BinaryIO, source: str, target: str) -> bytes:
         raise TranscodeError("only uncompressed transfer syntaxes can be produced")
     try:
         ds = decode_dataset(fp, source)
+        ds.file_meta = FileMetaDataset({0x00020010: DataElement(0x00020010, "UI", source)})
         if UID(source).is_compressed:
             ds.decompress()  # needs a decoder for the source syntax (pylibjpeg, ...)
         return encode_dataset(ds, target)

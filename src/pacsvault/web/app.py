@@ -19,11 +19,12 @@ from pacsvault.security.policy import NotPermitted
 from pacsvault.site import Site
 from pacsvault.web import session
 from pacsvault.web.auth import Sessions
+from pacsvault.web.dicomweb import pixels as dicomweb_pixels
 from pacsvault.web.dicomweb import routes as dicomweb_routes
 from pacsvault.web.middleware import install_middleware
 
 #: The routers every app includes; a new group of routes adds its router here.
-ROUTERS = [session.router, dicomweb_routes.router]
+ROUTERS = [session.router, dicomweb_routes.router, dicomweb_pixels.router]
 
 
 def create_app(site: Site) -> FastAPI:
