@@ -370,6 +370,13 @@ def test_bulk_data_uris_of_the_metadata_give_the_values(site: Site) -> None:
     small, large = bulky.dataset()[0x00411010].value, bulky.dataset()[0x00411011].value
     assert client.retrieve_bulkdata(url + "/bulk/00411010") == [small]
     assert client.retrieve_bulkdata(url + "/bulk/00411011") == [large]
+    # the metadata of an object with a value the index skipped (over 64 KiB) points to it
+    r = s.get(url + "/metadata")
+    assert r.status_code == 200, r.text
+    bulky_meta = r.json()[0]
+    assert bulky_meta["00411011"]["BulkDataURI"] == url + "/bulk/00411011"
+    assert bulky_meta["00411010"]["BulkDataURI"] == url + "/bulk/00411010"
+    assert bulky_meta["00100010"]["Value"] == [{"Alphabetic": str(bulky.dataset().PatientName)}]
 
 
 def test_bulk_pixel_data_of_compressed_objects_is_its_frames(site: Site) -> None:

@@ -233,7 +233,7 @@ def dataset_json(ds: Dataset, bulk_base: str) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     for tag in sorted(ds.keys()):
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)  # never re-read a skipped value
         key = f"{int(tag):08X}"
         if int(tag) >> 16 == 0x0002:
             continue
