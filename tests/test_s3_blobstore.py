@@ -13,6 +13,8 @@ import io
 import logging
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -106,6 +108,15 @@ def peak_rss(sampled: int, reset: bool) -> int:
 
 
 # -- configuration ------------------------------------------------------------------------
+
+
+def test_importing_the_module_needs_no_boto3() -> None:
+    code = (
+        "import sys, pacsvault.storage.s3blobs, pacsvault.site; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_url_parsing() -> None:

@@ -49,6 +49,10 @@ before the Archive knows the object's key. So:
   completed at a key it was not committed to.
 
 Every part and single upload carries a Content-MD5, so S3 refuses corrupted bytes.
+A part that cannot be sent while data arrives (each request is already retried by
+boto3) does not fail the write: the upload is aborted, no more parts are sent, and
+``commit`` sends the whole spool again, raising if S3 still fails. So a C-STORE gets
+its "storage unavailable" status instead of an error in the middle of its transfer.
 ``discard`` aborts the multipart upload (no orphaned parts); an abort that fails (the
 endpoint is down) is logged, and ``clean_staging`` aborts uploads older than a day on
 the next start (a bucket lifecycle rule ``AbortIncompleteMultipartUpload`` is the
@@ -78,6 +82,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
+
+from pacsvault.storage.blobstore import StagedBlob
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +431,7 @@ class S3BlobStore:
         lets a large object's upload go straight there, saving the copy at commit."""
         return StagedS3Object(self, None if key is None else self._key(key))
 
-    def commit(self, staged: Any, key: str) -> None:
+    def commit(self, staged: StagedBlob, key: str) -> None:
         """Publish *staged* under *key*; returns once S3 acknowledged the whole object.
 
         On any failure the staged object is discarded (its upload aborted) and an OSError
