@@ -142,9 +142,11 @@ def test_settings_from_the_environment(s3: S3Endpoint, tmp_path: Path) -> None:
 
 
 def test_credentials_not_in_repr(store: S3BlobStore, s3: S3Endpoint) -> None:
-    for text in (repr(store), str(store), repr(vars(store)), repr(store.stage())):
+    staged = store.stage()
+    for text in (repr(store), str(store), repr(vars(store)), repr(vars(staged))):
         assert SECRET_ACCESS_KEY not in text
         assert ACCESS_KEY_ID not in text
+    staged.discard()
     assert s3.bucket in repr(store)
     with pytest.raises(ValueError) as err:
         S3BlobStore("s3://bucket/x", Path("/nonexistent"),
