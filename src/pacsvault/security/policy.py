@@ -409,9 +409,7 @@ class AccessPolicy:
         self.audit.record(Action.LOGIN, Outcome.SUCCESS, principal.actor, detail="web login")
         return principal
 
-    def _login_refused(
-        self, name: str, address: str, why: str, *, count: bool = True
-    ) -> Refusal:
+    def _login_refused(self, name: str, address: str, why: str, *, count: bool = True) -> Refusal:
         log.warning("login refused from %s: %s", address, why)
         self.audit.record(Action.LOGIN, Outcome.REFUSED, Actor.unknown(address, None),
                           detail=why, best_effort=True)  # fmt: skip
@@ -421,7 +419,16 @@ class AccessPolicy:
 
     def authenticate_session(self, secret: str, address: str) -> Principal | Refusal:
         """The user of a browser session cookie, if the session is alive (idle and absolute
-        limits); the session's last use is updated."""
+        limits); the session's last use is updated. A refusal is audited (it does not count
+        towards a lockout: a session secret cannot be guessed, and an expired one is no
+        attack)."""
+        outcome = self._session(secret, address)
+        if isinstance(outcome, Refusal):
+            self.audit.record(Action.LOGIN, Outcome.REFUSED, Actor.unknown(address, None),
+                              detail=f"session: {outcome.why}", best_effort=True)  # fmt: skip
+        return outcome
+
+    def _session(self, secret: str, address: str) -> Principal | Refusal:
         if self.web is None or self.identities is None:
             return Refusal(RefusalReason.IDENTITY, "no web sessions here")
         id_hash = tokens.digest(secret)
@@ -461,10 +468,10 @@ class AccessPolicy:
         now = time.time()
         if record is None or not tokens.same_secret(secret, record.secret_hash):
             return Refusal(RefusalReason.IDENTITY, "unknown token")
-        if record.revoked_at is not None:
-            return Refusal(RefusalReason.IDENTITY, f"token {token_id} was revoked")
-        if record.expires_at is not None and now > record.expires_at:
-            return Refusal(RefusalReason.IDENTITY, f"token {token_id} expired")
+        state = record.state(now)
+        if state != "active":
+            why = "was revoked" if state == "revoked" else "expired"
+            return Refusal(RefusalReason.IDENTITY, f"token {token_id} {why}")
         user = self.identities.users.get(record.user_name)
         if user is None or user.disabled:
             return Refusal(RefusalReason.IDENTITY, "the token's user is disabled")
