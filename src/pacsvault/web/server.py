@@ -88,7 +88,9 @@ class WebServer:
             log_config=None,
             access_log=False,
             server_header=False,
-            proxy_headers=False,
+            # X-Forwarded-For only from the configured proxies, never from anyone else.
+            proxy_headers=bool(web.trusted_proxies),
+            forwarded_allow_ips=list(web.trusted_proxies) or None,
             h11_max_incomplete_event_size=web.max_header_bytes,
             timeout_keep_alive=30,
             timeout_graceful_shutdown=5,
