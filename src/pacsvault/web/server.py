@@ -86,6 +86,9 @@ class WebServer:
         return uvicorn.Config(
             app,  # type: ignore[arg-type]
             log_config=None,
+            # h11: its incomplete-event limit bounds a request's headers before parsing.
+            http="h11",
+            loop="auto",  # uvloop when installed (a dependency on POSIX), else asyncio
             access_log=False,
             server_header=False,
             # X-Forwarded-For only from the configured proxies, never from anyone else.
