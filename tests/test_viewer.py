@@ -72,7 +72,14 @@ REAL_WORLD = (
     "SC_ybr_full_422_uncompressed.dcm",  # native YBR_FULL_422
     "liver_1frame.dcm",  # 1-bit
     "rtdose_1frame.dcm",  # 32-bit, implicit VR
+    "MR_small.dcm+MONOCHROME1",  # derived: the same pixels, shown inverted
+    "CT_small.dcm+SIGMOID",  # derived: a stored window with VOILUTFunction SIGMOID
 )
+#: How the derived cases above change their file.
+DERIVED: dict[str, dict[str, Any]] = {
+    "MONOCHROME1": {"PhotometricInterpretation": "MONOCHROME1"},
+    "SIGMOID": {"WindowCenter": 40, "WindowWidth": 400, "VOILUTFunction": "SIGMOID"},
+}
 #: Decoders the JPEG lossless syntaxes need (another engineer may be swapping them).
 LOSSLESS_CODEC = "a JPEG lossless decoder (pylibjpeg-libjpeg or imagecodecs)"
 
@@ -118,9 +125,12 @@ def _real_world(tmp: Path) -> dict[str, tuple[str, str, Path]]:
     study = generate_uid()
     out = {}
     for n, name in enumerate(REAL_WORLD, start=1):
+        source, _, change = name.partition("+")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(TEST_FILES / name)
+            ds = pydicom.dcmread(TEST_FILES / source)
+        for keyword, value in DERIVED.get(change, {}).items():
+            setattr(ds, keyword, value)
         ds.StudyInstanceUID = study
         ds.SeriesInstanceUID = generate_uid()
         ds.SOPInstanceUID = generate_uid()
@@ -131,7 +141,7 @@ def _real_world(tmp: Path) -> dict[str, tuple[str, str, Path]]:
         ds.PatientName, ds.PatientID = "REALWORLD^FILES", "PV-REAL-1"
         ds.StudyDate, ds.StudyID, ds.AccessionNumber = "20200101", "1", "RW0001"
         ds.ReferringPhysicianName = "Doe^Jane"
-        path = tmp / "real" / name
+        path = tmp / "real" / f"{n:02d}.dcm"
         _save(ds, path)
         out[name] = (study, ds.SeriesInstanceUID, path)
     return out
@@ -717,7 +727,11 @@ def _expected_centre(path: Path) -> tuple[str, list[int]]:
     else:
         lo, hi = float(values.min()), float(values.max())
         center, width = (lo + hi + 1) / 2, hi - lo + 1
-    grey = round(expected_grey(float(values[r, c]), center, width))
+    x = float(values[r, c])
+    if ds.get("VOILUTFunction") == "SIGMOID":  # PS3.3 C.11.2.1.3.1
+        grey = round(255 / (1 + np.exp(-4 * (x - center) / width)))
+    else:
+        grey = round(expected_grey(x, center, width))
     if photometric == "MONOCHROME1":
         grey = 255 - grey
     return "grey", [grey] * 3
@@ -741,7 +755,7 @@ def shown(site, browser) -> Iterator[dict[str, Any]]:
             const {{rows, columns}} = im.info; const k = (Math.floor(rows / 2) * columns
               + Math.floor(columns / 2)) * 4; const d = vp.imageData.data;
             return {{rgb: [d[k], d[k + 1], d[k + 2]], colour: im.pixels.kind === 'colour'}}; }}""")
-        tab.shot(f"real-{name.removesuffix('.dcm')}")
+        tab.shot(f"real-{name.replace('.dcm', '').replace('+', '-')}")
     out["_errors"] = list(tab.errors)
     yield out
     tab.page.context.close()
@@ -751,7 +765,7 @@ def shown(site, browser) -> Iterator[dict[str, Any]]:
 def test_real_world_images_show_as_pydicom_decodes_them(site, shown, name) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        syntax = str(pydicom.dcmread(TEST_FILES / name, stop_before_pixels=True)
+        syntax = str(pydicom.dcmread(site.real_world[name][2], stop_before_pixels=True)
                      .file_meta.TransferSyntaxUID)  # fmt: skip
     jpeg = syntax.startswith(("1.2.840.10008.1.2.4.5", "1.2.840.10008.1.2.4.7"))
     if jpeg and not decoder_available(syntax):

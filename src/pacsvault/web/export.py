@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
+from pacsvault.security.identity import Principal
 from pacsvault.storage.archive import Archive
 from pacsvault.storage.index import StoredInstance
 from pacsvault.web.deps import Caller, site_of
@@ -58,7 +59,9 @@ def entry_name(inst: StoredInstance) -> str:
     return f"{inst.study_instance_uid}/{inst.series_instance_uid}/{inst.sop_instance_uid}.dcm"
 
 
-def zip_stream(archive: Archive, who: Caller, found: list[StoredInstance]) -> Iterator[bytes]:
+def zip_stream(
+    archive: Archive, who: Principal, found: list[StoredInstance]
+) -> Iterator[bytes]:
     """The zip of *found*, in chunks; the export's end is recorded when it stops."""
     sent: dict[tuple[str, str], list[int]] = {}
     sink = _Sink()
