@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DATA   ?= ./pacsvault-data
 PORT   ?= 11112
+JOBS   ?= auto
 
 .PHONY: run test lint bench-ingest bench-find clean venv debs
 
@@ -23,7 +24,7 @@ debs:
 
 test: venv debs
 	$(BIN)/ruff check . bench/ingest bench/find bench/web
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile --durations=15
 
 lint: venv
 	$(BIN)/ruff check . bench/ingest bench/find bench/web

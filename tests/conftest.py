@@ -37,6 +37,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_listening(port: int, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+    """Wait until something accepts TCP connections on loopback *port* (a peer we started)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the process for port {port} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
+
+
 def cli(data: Path, *args: str, check: bool = True, env: dict[str, str] | None = None):
     """Run the real `pacsvault` command line against *data*."""
     proc = subprocess.run(

@@ -304,7 +304,7 @@ def test_getscu_retrieves_byte_identical(loaded) -> None:
 def test_movescu_to_registered_destination_byte_identical(loaded) -> None:
     import subprocess
 
-    from conftest import dcmtk_path
+    from conftest import dcmtk_path, wait_listening
 
     server, files, dest_port, tmp = loaded
     study = files[-1][1].StudyInstanceUID
@@ -316,6 +316,7 @@ def test_movescu_to_registered_destination_byte_identical(loaded) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
+        wait_listening(dest_port, receiver)  # a busy machine starts storescp slowly
         proc = dcmtk(
             "movescu",
             "-aet",

@@ -377,15 +377,15 @@ def test_c_cancel_stops_a_running_query(many: Server) -> None:
         )
         pending = 0
         final = None
-        cancelled = False
-        for status, _ in assoc.send_c_find(image_query(), model, msg_id=7):
+        # send_c_find sends the request at once; the cancel follows before any answer is
+        # read (answers now come faster than a client could react to the first one)
+        responses = assoc.send_c_find(image_query(), model, msg_id=7)
+        assoc.send_c_cancel(7, context_id)
+        for status, _ in responses:
             assert status, "no response: the association was aborted or timed out"
             code = int(status.Status)
             if code in (0xFF00, 0xFF01):
                 pending += 1
-                if not cancelled:
-                    assoc.send_c_cancel(7, context_id)
-                    cancelled = True
             else:
                 final = code
         assert assoc.is_established  # a cancel is not an abort
@@ -394,7 +394,7 @@ def test_c_cancel_stops_a_running_query(many: Server) -> None:
         assoc.release()
     print(f"\nC-CANCEL: {pending} of {DEMO_PATIENTS * 8} matches arrived, then {final!r}")
     assert final == 0xFE00, f"final status {final!r} after {pending} matches"
-    assert 1 <= pending < DEMO_PATIENTS * 8 // 2, f"{pending} matches arrived after the cancel"
+    assert pending < DEMO_PATIENTS * 8 // 2, f"{pending} matches arrived after the cancel"
     assert_serving(many)
 
 

@@ -32,7 +32,7 @@ from pacsvault.security.tls import SERVER_CERT, SERVER_KEY, LocalCA, server_cont
 from pacsvault.storage.admin import Administration
 from pacsvault.storage.archive import Archive
 from pacsvault.storage.audit import AuditTrail
-from pacsvault.storage.blobstore import FileBlobStore
+from pacsvault.storage.blobstore import BlobStore, FileBlobStore
 from pacsvault.storage.index import Index
 from pacsvault.storage.lockout import Lockout
 from pacsvault.storage.peers import PeerRepository
@@ -62,15 +62,24 @@ def index_url(data_dir: Path, settings: Settings) -> str:
 class Site:
     """An opened data directory and everything that serves it (see the module docstring)."""
 
-    def __init__(self, data_dir: Path, settings: Settings, *, new_site: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        settings: Settings,
+        *,
+        new_site: bool = False,
+        blobs: BlobStore | None = None,
+    ) -> None:
         install_log_filter()
         self.data_dir = data_dir
         self.settings = settings
         self.index = Index(index_url(data_dir, settings))
-        self.blobs = FileBlobStore(
-            data_dir / settings.storage.blob_dir, fsync=settings.storage.fsync
-        )
-        self.blobs.create()
+        if blobs is None:
+            storage = settings.storage
+            files = FileBlobStore(data_dir / storage.blob_dir, fsync=storage.fsync)
+            files.create()
+            blobs = files
+        self.blobs: BlobStore = blobs
         self.index.create()
         self.writer = IndexWriter(self.index.engine)
         self.audit = AuditTrail(
@@ -159,14 +168,20 @@ class Site:
         self.close()
 
 
-def open_site(data_dir: Path, settings: Settings | None = None, *, new_site: bool = False) -> Site:
+def open_site(
+    data_dir: Path,
+    settings: Settings | None = None,
+    *,
+    new_site: bool = False,
+    blobs: BlobStore | None = None,
+) -> Site:
     """Open an initialised data directory (``settings`` overrides the file, e.g. for flags).
 
     Makes sure the audit trail has its signed genesis: written as the normal start when
     *new_site* (``init``), or once for an index from an older release (see
     ``AuditTrail.ensure_genesis`` for when it is deliberately not written).
     """
-    return Site(data_dir, settings or load_settings(data_dir), new_site=new_site)
+    return Site(data_dir, settings or load_settings(data_dir), new_site=new_site, blobs=blobs)
 
 
 def init_site(data_dir: Path, ae_title: str) -> Site:

@@ -31,7 +31,10 @@ from pydicom.pixels import get_decoder
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from pacsvault.dicom import codecs
 from pacsvault.dicom.part10 import inflating, meta_length, read_index_dataset
+
+codecs.register()  # permissive JPEG decoders for pydicom (once, whoever imports first)
 
 PIXEL_DATA = 0x7FE00010
 CHUNK = 1024 * 1024

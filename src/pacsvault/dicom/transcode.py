@@ -18,6 +18,10 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
+from pacsvault.dicom import codecs
+
+codecs.register()  # permissive JPEG decoders for pydicom (once, whoever imports first)
+
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 UNCOMPRESSED = (
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -65,7 +69,7 @@ def transcode(fp: BinaryIO, source: str, target: str) -> bytes:
         ds = decode_dataset(fp, source)
         ds.file_meta = FileMetaDataset({0x00020010: DataElement(0x00020010, "UI", source)})
         if UID(source).is_compressed:
-            ds.decompress()  # needs a decoder for the source syntax (pylibjpeg, ...)
+            ds.decompress()  # needs a decoder for the source syntax (see codecs)
         return encode_dataset(ds, target)
     except TranscodeError:
         raise
