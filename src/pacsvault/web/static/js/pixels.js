@@ -7,9 +7,10 @@
 // YBR into RGB and gives samples interleaved. So a frame is "as stored" or "decoded",
 // and AvailableTransferSyntaxUID in the metadata says which.
 //
-// Grey: stored value -> modality value (Rescale Slope/Intercept) -> VOI window
-// (PS3.3 C.11.2.1.2: LINEAR, LINEAR_EXACT or SIGMOID) -> 0..255, inverted for
-// MONOCHROME1 and when the user inverts. Integer frames go through a lookup table over
+// Grey: stored value -> modality value (Rescale Slope/Intercept, or the object's
+// Modality LUT) -> VOI window (PS3.3 C.11.2.1.2: LINEAR, LINEAR_EXACT or SIGMOID) or
+// the object's own VOI LUT (C.11.2.1.1) -> 0..255, inverted for MONOCHROME1 and when
+// the user inverts. Integer frames go through a lookup table over
 // the frame's range of stored values, rebuilt when the window changes, so window/level
 // drags redraw at once without the server.
 
@@ -30,6 +31,14 @@ export function imageInfo(meta) {
   const names = values(meta, T.WindowCenterWidthExplanation);
   const windows = centers.map((c, i) => ({ center: c, width: widths[i] ?? widths[0],
     name: names[i] || `Window ${i + 1}` })).filter((w) => w.width > 0);
+  const pixelRepresentation = number(meta, T.PixelRepresentation, 0);
+  const intercept = number(meta, T.RescaleIntercept, 0);
+  const modalityLut = lookupTable(values(meta, T.ModalityLUTSequence)[0], 'Modality LUT',
+    pixelRepresentation === 1);
+  const voiLuts = values(meta, T.VOILUTSequence)
+    .map((item, i) => lookupTable(item, `VOI LUT ${i + 1}`,
+      modalityLut ? modalityLut.min < 0 : pixelRepresentation === 1 || intercept < 0))
+    .filter(Boolean).map(lutWindow);
   let spacing = numbers(meta, T.PixelSpacing);
   let spacingSource = 'PixelSpacing';
   if (spacing.length < 2) {
@@ -48,13 +57,15 @@ export function imageInfo(meta) {
     samples: number(meta, T.SamplesPerPixel, 1),
     bitsAllocated,
     bitsStored: number(meta, T.BitsStored, bitsAllocated),
-    pixelRepresentation: number(meta, T.PixelRepresentation, 0),
+    pixelRepresentation,
     photometric,
     planar: number(meta, T.PlanarConfiguration, 0),
     frames: Math.max(1, number(meta, T.NumberOfFrames, 1)),
     slope: number(meta, T.RescaleSlope, 1) || 1,
-    intercept: number(meta, T.RescaleIntercept, 0),
+    intercept,
+    modalityLut,
     windows,
+    voiLuts,
     voiFunction: text(meta, T.VOILUTFunction).trim().toUpperCase() || 'LINEAR',
     spacing: spacing.length >= 2 && spacing[0] > 0 && spacing[1] > 0 ? spacing : null,
     spacingSource,
@@ -69,6 +80,51 @@ export function imageInfo(meta) {
     decoded: !NATIVE.has(syntax),
     hasPixels: Boolean(meta['7FE00010']) && number(meta, T.Rows, 0) > 0,
   };
+}
+
+/**
+ * A lookup table of a Modality or VOI LUT Sequence item (PS3.3 C.11.1, C.11.2):
+ * {name, entries, first, bits, data, min, max}, or null when it has no usable data.
+ * LUT Data comes as numbers (US) or base64 (OW, 16-bit little endian words); the first
+ * value mapped is signed when the values it maps are (*signedInput*).
+ */
+function lookupTable(item, fallbackName, signedInput) {
+  if (!item) return null;
+  const descriptor = numbers(item, T.LUTDescriptor);
+  const element = item[T.LUTData];
+  if (descriptor.length < 3 || !element) return null;
+  const entries = descriptor[0] || 65536;
+  let first = descriptor[1];
+  if (signedInput && first >= 32768) first -= 65536;
+  const bits = Math.min(16, Math.max(8, descriptor[2] || 16));
+  let data;
+  if (Array.isArray(element.Value) && element.Value.length) {
+    data = Float64Array.from(element.Value.map(Number));
+  } else if (element.InlineBinary) {
+    const bytes = Uint8Array.from(atob(element.InlineBinary), (ch) => ch.charCodeAt(0));
+    data = bytes.length >= entries * 2
+      ? new Uint16Array(bytes.buffer, 0, entries)
+      : bytes;
+  } else {
+    return null; // a BulkDataURI inside a sequence: the server inlines them
+  }
+  if (data.length < entries) return null;
+  let [min, max] = range(data.subarray(0, entries));
+  if (!Number.isFinite(min)) [min, max] = [0, 0];
+  return { name: text(item, T.LUTExplanation).trim() || fallbackName, entries, first, bits,
+    data, min, max };
+}
+
+/** A VOI LUT as a window choice: its centre and width approximate its input range (where
+ * a window/level drag starts from). */
+function lutWindow(lut) {
+  return { name: lut.name, center: lut.first + lut.entries / 2, width: lut.entries, lut };
+}
+
+/** The table's output for input *x* (clamped to its first and last entries). */
+export function lookup(lut, x) {
+  const k = Math.round(x) - lut.first;
+  return lut.data[k < 0 ? 0 : k >= lut.entries ? lut.entries - 1 : k];
 }
 
 /** Whether the image is shown in colour (and so without a VOI window). */
@@ -242,12 +298,15 @@ export function decodeFrame(info, bytes) {
 
 /** The modality value (e.g. HU) of a stored value. */
 export function modality(info, stored) {
+  if (info.modalityLut) return lookup(info.modalityLut, stored);
   return stored * info.slope + info.intercept;
 }
 
-/** The default window of an image: its first WindowCenter/Width, else its full range. */
+/** The default window of an image: its first WindowCenter/Width, else its first VOI
+ * LUT, else its full range. */
 export function defaultWindow(info, frame) {
   if (info.windows.length) return { center: info.windows[0].center, width: info.windows[0].width };
+  if (info.voiLuts.length) return info.voiLuts[0];
   if (frame?.kind !== 'grey') return { center: 127.5, width: 256 };
   const lo = modality(info, frame.min);
   const hi = modality(info, frame.max);
@@ -290,10 +349,13 @@ export function render(info, frame, window, invert, imageData) {
     return;
   }
   const flip = (info.photometric === 'MONOCHROME1') !== Boolean(invert);
-  const { center, width } = window;
+  const { center, width, lut } = window;
   const fn = info.voiFunction;
+  const top = lut ? 2 ** lut.bits - 1 : 0;
   const grey = (stored) => {
-    const g = Math.round(voi(modality(info, stored), center, width, fn));
+    const m = modality(info, stored);
+    const g = lut ? clamp8(Math.round((lookup(lut, m) * 255) / top))
+      : Math.round(voi(m, center, width, fn));
     return flip ? 255 - g : g;
   };
   const pixels = new Uint32Array(out.buffer, out.byteOffset, out.length >> 2);

@@ -130,7 +130,7 @@ function syncToolbar() {
   cine.setAttribute('aria-pressed', String(vp.playing));
   cine.textContent = vp.playing ? 'Pause' : 'Play';
   const info = vp.current()?.info;
-  const windows = info?.windows ?? [];
+  const windows = [...(info?.windows ?? []), ...(info?.voiLuts ?? [])];
   if (objectWindows.children.length !== windows.length
     || [...objectWindows.children].some((o, i) => o.textContent !== windowLabel(windows[i]))) {
     objectWindows.replaceChildren(...windows.map((w, i) => el('option', { value: `object:${i}` },
@@ -140,7 +140,8 @@ function syncToolbar() {
   if (!vp.window) {
     preset.value = 'default';
   } else {
-    const same = (w) => w.center === vp.window.center && w.width === vp.window.width;
+    const same = (w) => w.center === vp.window.center && w.width === vp.window.width
+      && (w.lut?.name ?? null) === (vp.window.lut?.name ?? null); // each image has its own
     const p = PRESETS.find(same);
     const o = windows.findIndex(same);
     if (p) preset.value = p.key;
@@ -153,7 +154,7 @@ function syncToolbar() {
 }
 
 function windowLabel(w) {
-  return `${w.name} ${Math.round(w.center)}/${Math.round(w.width)}`;
+  return w.lut ? w.name : `${w.name} ${Math.round(w.center)}/${Math.round(w.width)}`;
 }
 
 function applyPreset(value) {
@@ -161,7 +162,8 @@ function applyPreset(value) {
   if (!vp) return;
   if (value === 'default') vp.setWindow(null);
   else if (value.startsWith('object:')) {
-    const w = vp.current()?.info.windows[Number(value.slice(7))];
+    const { info } = vp.current() ?? {};
+    const w = info && [...info.windows, ...info.voiLuts][Number(value.slice(7))];
     if (w) vp.setWindow(w);
   } else {
     const p = PRESETS.find((x) => x.key === value);

@@ -157,7 +157,8 @@ export class Viewport {
   }
 
   setWindow(window) {
-    this.window = window ? { center: window.center, width: Math.max(1, window.width) } : null;
+    this.window = window ? { center: window.center, width: Math.max(1, window.width),
+      lut: window.lut ?? null, name: window.name } : null;
     this.redraw();
     this.handlers.changed(this);
   }
@@ -295,8 +296,9 @@ export class Viewport {
     const { columns, rows } = im.info;
     const win = this.effectiveWindow();
     const key = this.rendered;
+    const lut = win.lut ?? null;
     if (!key || key.im !== im || key.center !== win.center || key.width !== win.width
-      || key.invert !== this.invert) {
+      || key.lut !== lut || key.invert !== this.invert) {
       if (this.buffer.width !== columns || this.buffer.height !== rows || !this.imageData) {
         this.buffer.width = columns;
         this.buffer.height = rows;
@@ -304,7 +306,7 @@ export class Viewport {
       }
       render(im.info, im.pixels, win, this.invert, this.imageData);
       this.bufferCtx.putImageData(this.imageData, 0, 0);
-      this.rendered = { im, center: win.center, width: win.width, invert: this.invert };
+      this.rendered = { im, center: win.center, width: win.width, lut, invert: this.invert };
     }
     const [ox, oy] = this.origin();
     const [sx, sy] = this.scale();
@@ -391,7 +393,8 @@ export class Viewport {
     const [sx] = im?.pixels ? this.scale() : [0];
     const loaded = this.series.loaded;
     this.corners.br.textContent = lines(
-      win && !isColour(info) && `W ${Math.round(win.width)} L ${Math.round(win.center)}`,
+      win && !isColour(info) && (win.lut ? win.lut.name
+        : `W ${Math.round(win.width)} L ${Math.round(win.center)}`),
       im?.pixels && `Zoom ${Math.round(sx * 100 / (window.devicePixelRatio || 1))}%`,
       this.invert && 'Inverted',
       this.lastLength && `Length ${this.lastLength}`,
