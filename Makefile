@@ -20,7 +20,7 @@ venv: $(BIN)/pacsvault
 
 debs:
 	scripts/ensure-debian-packages /usr/bin/storescu:dcmtk /usr/sbin/Orthanc:orthanc \
-	  /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb \
+	  /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb /usr/sbin/haproxy:haproxy \
 	  /usr/bin/chromium:chromium
 
 test: venv debs

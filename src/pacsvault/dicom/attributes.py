@@ -10,12 +10,17 @@ so adding an attribute here makes it stored, matchable and returnable at once.
 from __future__ import annotations
 
 import re
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pydicom.charset import decode_bytes, default_encoding
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.valuerep import TEXT_VR_DELIMS
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
@@ -221,5 +226,122 @@ def character_set(ds: Dataset) -> str | None:
 
 
 def index_values(ds: Dataset, level: Level) -> dict[str, str | None]:
-    """The non-derived attribute values of *level* found in *ds*, keyed by column name."""
-    return {a.column: _text(ds, a) for a in ATTRIBUTES[level] if not a.derived}
+    """The non-derived attribute values of *level* found in *ds*, keyed by column name.
+
+    Values still in their raw form (a dataset just read, as ingest reads it) are
+    converted here directly from their bytes, the way pydicom would convert them (same
+    decoding, same splitting and stripping: ``tests/test_index_values.py`` holds the
+    two to the same results); anything unusual goes through pydicom itself.
+    """
+    encodings: list[str] | None = None
+    out: dict[str, str | None] = {}
+    for attr, tag, vr, convert in _FAST[level]:
+        raw = ds._dict.get(tag)  # the raw element, not converted yet
+        if raw is None:
+            out[attr.column] = None
+            continue
+        converted: object = _SLOW
+        if (
+            convert is not None
+            and isinstance(raw, RawDataElement)
+            and (raw.VR is None or vr == raw.VR)
+            and isinstance(raw.value, bytes)
+        ):
+            try:
+                if encodings is None:
+                    encodings = ds._character_set  # pydicom's own rule
+                converted = convert(raw.value, encodings, raw.is_little_endian)
+            except Exception:  # whatever pydicom makes of it (usually: not indexed)
+                converted = _SLOW
+        if not isinstance(converted, str):
+            out[attr.column] = _text(ds, attr)
+            continue
+        value = converted.strip()
+        if not value:
+            out[attr.column] = None
+        elif attr.kind is Kind.TIME:
+            out[attr.column] = normalize_time(value)
+        elif attr.kind is Kind.NUMBER:
+            out[attr.column] = normalize_number(value)
+        else:
+            out[attr.column] = value
+    return out
+
+
+# -- converting raw values as pydicom does (values.py), for the VRs indexed -------------
+
+_SLOW = object()  # "let pydicom convert this one"
+#: Python codecs (as pydicom names them) that decode and encode each name the same way.
+_PLAIN_CODECS = frozenset((
+    "iso8859", "latin_1", "UTF8", "iso8859_2", "iso8859_3", "iso8859_4", "iso_ir_126",
+    "iso_ir_127", "iso_ir_138", "iso_ir_144", "iso_ir_148", "iso_ir_166",
+))  # fmt: skip
+_INTEGER = re.compile(r"\s*[+-]?[0-9]{1,9}\s*")
+_Converter = Callable[[bytes, list[str], bool], object]
+
+
+def _raw_string(value: bytes, _enc: list[str], _le: bool) -> object:
+    """AS, CS, DA, TM (convert_string): one string, trailing padding removed from the
+    whole (components keep theirs)."""
+    return value.decode(default_encoding).rstrip(" \x00")
+
+
+def _raw_uid(value: bytes, _enc: list[str], _le: bool) -> object:
+    """UI (convert_UI): trailing padding removed, then each UID stripped."""
+    text = value.decode(default_encoding).rstrip(" \x00")
+    return "\\".join(v.strip() for v in text.split("\\")) if "\\" in text else text.strip()
+
+
+def _raw_text(value: bytes, enc: list[str], _le: bool) -> object:
+    """SH, LO (convert_text): each component without its trailing padding."""
+    if b"\x1b" in value:
+        return _SLOW  # code extensions (ISO 2022): pydicom decodes them in its own steps
+    decoded = decode_bytes(value, enc, TEXT_VR_DELIMS)
+    return "\\".join(v.rstrip("\x00 ") for v in decoded.split("\\"))
+
+
+def _raw_single(value: bytes, enc: list[str], _le: bool) -> object:
+    """LT (convert_single_string): one value, backslashes included."""
+    if b"\x1b" in value:
+        return _SLOW
+    return decode_bytes(value, enc, TEXT_VR_DELIMS).rstrip("\x00 ")
+
+
+def _raw_person_name(value: bytes, enc: list[str], _le: bool) -> object:
+    """PN (convert_PN): the decoded names as they are, trailing padding removed."""
+    if b"\x1b" in value or len(enc) != 1 or enc[0] not in _PLAIN_CODECS:
+        return _SLOW  # code extensions, multi-byte sets: PersonName re-encodes its own way
+    decoded = decode_bytes(value.rstrip(b"\x00 "), enc, TEXT_VR_DELIMS)
+    if "=" in decoded or "\ufffd" in decoded:
+        return _SLOW  # component groups, undecodable bytes: let PersonName handle them
+    return decoded
+
+
+def _raw_integer_string(value: bytes, _enc: list[str], _le: bool) -> object:
+    """IS holding one plain integer (anything else goes to pydicom)."""
+    text = value.decode(default_encoding).rstrip(" \x00")
+    return text if _INTEGER.fullmatch(text) else _SLOW
+
+
+def _raw_us(value: bytes, _enc: list[str], little_endian: bool) -> object:
+    """US holding one value."""
+    if len(value) != 2:
+        return _SLOW
+    return str(struct.unpack("<H" if little_endian else ">H", value)[0])
+
+
+_CONVERTERS: dict[str, _Converter] = {
+    **dict.fromkeys(("AS", "CS", "DA", "TM"), _raw_string),
+    "UI": _raw_uid,
+    **dict.fromkeys(("SH", "LO"), _raw_text),
+    "LT": _raw_single,
+    "PN": _raw_person_name,
+    "IS": _raw_integer_string,
+    "US": _raw_us,
+}
+
+#: Per level: (attribute, tag, dictionary VR, converter or None for pydicom's own: DS).
+_FAST: dict[Level, list[tuple[IndexAttribute, int, str, _Converter | None]]] = {
+    level: [(a, a.tag, a.vr, _CONVERTERS.get(a.vr)) for a in attrs if not a.derived]
+    for level, attrs in ATTRIBUTES.items()
+}

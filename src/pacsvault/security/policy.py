@@ -409,9 +409,7 @@ class AccessPolicy:
         self.audit.record(Action.LOGIN, Outcome.SUCCESS, principal.actor, detail="web login")
         return principal
 
-    def _login_refused(
-        self, name: str, address: str, why: str, *, count: bool = True
-    ) -> Refusal:
+    def _login_refused(self, name: str, address: str, why: str, *, count: bool = True) -> Refusal:
         log.warning("login refused from %s: %s", address, why)
         self.audit.record(Action.LOGIN, Outcome.REFUSED, Actor.unknown(address, None),
                           detail=why, best_effort=True)  # fmt: skip

@@ -414,11 +414,11 @@ class Archive:
             return StoreResult(status, reason, sop_instance, study_uid, series_uid)
 
         with self._lock(sop_instance):
-            with self.index.engine.connect() as conn:
-                existing = self.index.find_instance(conn, sop_instance)
+            existing = self.index.stored_copy(sop_instance)
             replacing = False
             if existing is not None:
-                if existing.sha256 == digest:
+                existing_sha, existing_key = existing
+                if existing_sha == digest:
                     return ok(StoreStatus.IDENTICAL_DUPLICATE)
                 if self.duplicate_policy is DuplicatePolicy.KEEP_FIRST:
                     return ok(StoreStatus.DUPLICATE_KEPT_FIRST, "the first copy was kept")
@@ -463,14 +463,13 @@ class Archive:
                     self.blobs.delete(record.blob_key)
                 return ok(StoreStatus.OUT_OF_RESOURCES, "index unavailable")
             if replacing and existing is not None:
-                self.blobs.delete(existing.blob_key)
+                self.blobs.delete(existing_key)
         return ok(StoreStatus.REPLACED if replacing else StoreStatus.STORED)
 
     def _stored_meanwhile(self, sop_instance: str) -> bool:
         """True when another writer's row for *sop_instance* now exists (a lost race)."""
         try:
-            with self.index.engine.connect() as conn:
-                return self.index.find_instance(conn, sop_instance) is not None
+            return self.index.stored_copy(sop_instance) is not None
         except Exception:
             return False
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import DBAPIError
 
 from pacsvault.security.audit import (
     EVENT_CODES,
@@ -52,6 +54,21 @@ def read_head(conn: Connection) -> tuple[int, str]:
         return 0, GENESIS_HASH
     seq, _, digest = value.partition(":")
     return int(seq), digest
+
+
+def _parse_head(value: str) -> tuple[int, str]:
+    seq, _, digest = value.partition(":")
+    return int(seq), digest
+
+
+_AUDIT_COLUMNS = [c.name for c in s.audit_events.c if not c.primary_key]
+_INSERT_SQL = (
+    f"INSERT INTO {s.audit_events.name} ({', '.join(_AUDIT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _AUDIT_COLUMNS)})"
+)
+_HEAD_SQL = f"SELECT value FROM {s.settings_kv.name} WHERE key = ?"
+_SET_HEAD_SQL = f"UPDATE {s.settings_kv.name} SET value = ? WHERE key = ?"
+_NEW_HEAD_SQL = f"INSERT INTO {s.settings_kv.name} (key, value) VALUES (?, ?)"
 
 
 def _write_head(conn: Connection, seq: int, digest: str) -> None:
@@ -121,6 +138,9 @@ class AuditTrail:
         writers never extend the chain from the same head.
         """
         self.begin_run()
+        if conn.dialect.name == "sqlite":
+            self._insert_sqlite(conn, row)
+            return
         if conn.dialect.name == "postgresql":
             conn.execute(
                 select(s.settings_kv.c.value)
@@ -132,6 +152,30 @@ class AuditTrail:
         row["hash"] = record_hash(prev, row)
         conn.execute(insert(s.audit_events).values(**row))
         _write_head(conn, row["seq"], row["hash"])
+        if self.signer is not None and row["seq"] % self.checkpoint_every == 0:
+            run = self._run
+            self._checkpoint(conn, row["seq"], row["hash"], run_id=run.id if run else None)
+
+    def _insert_sqlite(self, conn: Connection, row: dict[str, Any]) -> None:
+        """:meth:`insert` on SQLite, on the DBAPI connection (the hot path of every store).
+
+        The same reads and writes as the SQLAlchemy statements, in the caller's
+        transaction; checkpoints (one record in ``checkpoint_every``) take the common path.
+        """
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            found = cur.execute(_HEAD_SQL, (HEAD_KEY,)).fetchone()
+            seq, prev = (0, GENESIS_HASH) if not found or not found[0] else _parse_head(found[0])
+            row = {**row, "seq": seq + 1, "prev_hash": prev}
+            row["hash"] = record_hash(prev, row)
+            cur.execute(_INSERT_SQL, [row.get(c) for c in _AUDIT_COLUMNS])
+            head = f"{row['seq']}:{row['hash']}"
+            if not cur.execute(_SET_HEAD_SQL, (head, HEAD_KEY)).rowcount:
+                cur.execute(_NEW_HEAD_SQL, (HEAD_KEY, head))
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(
+                _INSERT_SQL, None, exc, sqlite3.Error, hide_parameters=True, dialect=None
+            ) from exc
         if self.signer is not None and row["seq"] % self.checkpoint_every == 0:
             run = self._run
             self._checkpoint(conn, row["seq"], row["hash"], run_id=run.id if run else None)

@@ -14,6 +14,7 @@ matching) uses that copy, so a study never shows another study's patient.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement, Select
 
 from pacsvault.dicom.attributes import ATTRIBUTES, IndexAttribute, Kind, Level
@@ -232,12 +234,96 @@ _COUNT_PATIENT = (
 _EVERYTHING = Scope.everything()
 
 
+class _Sqlite:
+    """The ingest statements in SQLite's own SQL, run on the DBAPI connection.
+
+    The same statements as the SQLAlchemy ones above (which PostgreSQL runs), without
+    SQLAlchemy's per-statement work (coercion, cache keys, result objects): on the
+    single-writer hot path that work cost more than SQLite itself. Errors are raised as
+    SQLAlchemy's (``IntegrityError`` for a duplicate SOP instance), with parameters
+    hidden like every other statement's.
+    """
+
+    SERIES_LOOKUP = (
+        "SELECT series.pk, series.study_pk, studies.patient_pk, studies.modalities_in_study, "
+        "studies.sop_classes_in_study FROM series JOIN studies ON series.study_pk = studies.pk "
+        "WHERE series.series_instance_uid = ?"
+    )
+    STUDY_LOOKUP = (
+        "SELECT pk, patient_pk, modalities_in_study, sop_classes_in_study FROM studies "
+        "WHERE study_instance_uid = ?"
+    )
+    # Written to match uq_patients_identity (its expression and its WHERE) so it uses it.
+    PATIENT_LOOKUP = (
+        "SELECT pk FROM patients WHERE patients.patient_id != '' AND patient_id = ? "
+        "AND coalesce(issuer_of_patient_id, '') = ?"
+    )
+    COUNT_SERIES = (
+        "UPDATE series SET number_of_series_related_instances = "
+        "number_of_series_related_instances + 1 WHERE pk = ?"
+    )
+    COUNT_STUDY = (
+        "UPDATE studies SET number_of_study_related_instances = "
+        "number_of_study_related_instances + 1, number_of_study_related_series = "
+        "number_of_study_related_series + ? WHERE pk = ?"
+    )
+    COUNT_PATIENT = (
+        "UPDATE patients SET number_of_patient_related_instances = "
+        "number_of_patient_related_instances + 1, number_of_patient_related_series = "
+        "number_of_patient_related_series + ?, number_of_patient_related_studies = "
+        "number_of_patient_related_studies + ? WHERE pk = ?"
+    )
+    CODES = "UPDATE studies SET modalities_in_study = ?, sop_classes_in_study = ? WHERE pk = ?"
+    STORED_COPY = "SELECT sha256, blob_key FROM instances WHERE sop_instance_uid = ?"
+
+    def __init__(self) -> None:
+        self.insert: dict[Level, tuple[str, list[str], list[Any]]] = {}
+        for level, table in s.LEVEL_TABLES.items():
+            cols = [c for c in table.c if not c.primary_key]
+            sql = (
+                f"INSERT INTO {table.name} ({', '.join(c.name for c in cols)}) "
+                f"VALUES ({', '.join('?' for _ in cols)})"
+            )
+            # Column defaults are SQLAlchemy's (Python side): the derived counts start at 0.
+            defaults = [c.default.arg if c.default is not None else None for c in cols]
+            self.insert[level] = (sql, [c.name for c in cols], defaults)
+
+
+_SQLITE = _Sqlite()
+
+
+@contextmanager
+def _sqlite_errors(statement: str) -> Iterator[None]:
+    """sqlite3 errors as SQLAlchemy's, bound parameters hidden."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(
+            statement, None, exc, sqlite3.Error, hide_parameters=True, dialect=None
+        ) from exc
+
+
+def _dbapi(conn: Connection) -> sqlite3.Connection | None:
+    """The sqlite3 connection under *conn*, or None on another database."""
+    if conn.dialect.name != "sqlite":
+        return None
+    return conn.connection.driver_connection  # type: ignore[return-value]
+
+
+def _insert_row(cur: sqlite3.Cursor, level: Level, values: Mapping[str, Any]) -> int:
+    sql, names, defaults = _SQLITE.insert[level]
+    with _sqlite_errors(sql):
+        cur.execute(sql, [values.get(n, d) for n, d in zip(names, defaults, strict=True)])
+    return int(cur.lastrowid)  # type: ignore[arg-type]
+
+
 class Index:
     """The SQL index of patients, studies, series, instances, peers and audit events."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = open_engine(url)
+        self._instances_stmt: Select | None = None
 
     def create(self) -> None:
         """Make the schema current: create it in an empty database, or upgrade an older one.
@@ -265,6 +351,28 @@ class Index:
         rows = self._instance_select().where(s.instances.c.sop_instance_uid == sop_instance_uid)
         row = conn.execute(rows).mappings().first()
         return _stored(row) if row else None
+
+    def stored_copy(self, sop_instance_uid: str) -> tuple[str, str] | None:
+        """(sha256, blob key) of the stored copy of this SOP instance, if any.
+
+        The duplicate check of every ingest: one indexed lookup, on SQLite without
+        SQLAlchemy's statement machinery.
+        """
+        if self.engine.dialect.name != "sqlite":
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    select(s.instances.c.sha256, s.instances.c.blob_key).where(
+                        s.instances.c.sop_instance_uid == sop_instance_uid
+                    )
+                ).first()
+            return (row[0], row[1]) if row else None
+        raw = self.engine.raw_connection()
+        try:
+            with _sqlite_errors(_Sqlite.STORED_COPY):
+                row = raw.cursor().execute(_Sqlite.STORED_COPY, (sop_instance_uid,)).fetchone()
+        finally:
+            raw.close()
+        return (row[0], row[1]) if row else None
 
     def record_instance(self, conn: Connection, rec: InstanceRecord) -> None:
         """Index *rec* (a new SOP instance) and update every derived count.
@@ -331,6 +439,69 @@ class Index:
             codes = {"modalities_in_study": m or modalities, "sop_classes_in_study": c or classes}
             conn.execute(update(s.studies).where(s.studies.c.pk == study_pk).values(**codes))
 
+    def _record_instance_sqlite(self, cur: sqlite3.Cursor, rec: InstanceRecord) -> None:
+        """:meth:`record_instance` on SQLite (the same statements, see :class:`_Sqlite`)."""
+        q = _Sqlite
+        with _sqlite_errors(q.SERIES_LOOKUP):
+            hit = cur.execute(q.SERIES_LOOKUP, (rec.series["series_instance_uid"],)).fetchone()
+        new_series = new_study = hit is None
+        if hit is not None:
+            series_pk, study_pk, patient_pk, modalities, classes = hit
+        else:
+            with _sqlite_errors(q.STUDY_LOOKUP):
+                study = cur.execute(q.STUDY_LOOKUP, (rec.study["study_instance_uid"],)).fetchone()
+            new_study = study is None
+            if study is not None:
+                study_pk, patient_pk, modalities, classes = study
+            else:
+                patient_pk = self._patient_pk_sqlite(cur, rec)
+                study_pk = _insert_row(cur, Level.STUDY, {
+                    **_with_folds(rec.study, Level.STUDY),
+                    **_patient_copy(rec.patient),
+                    "patient_pk": patient_pk,
+                    "charset": rec.charset,
+                    "created_at": rec.stored_at,
+                    "modalities_in_study": None,
+                    "sop_classes_in_study": None,
+                })  # fmt: skip
+                modalities = classes = None
+            series_pk = _insert_row(cur, Level.SERIES, {
+                **_with_folds(rec.series, Level.SERIES), "study_pk": study_pk,
+                "charset": rec.charset,
+            })  # fmt: skip
+        _insert_row(cur, Level.IMAGE, {
+            **_with_folds(rec.instance, Level.IMAGE),
+            "series_pk": series_pk,
+            "charset": rec.charset,
+            "transfer_syntax_uid": rec.transfer_syntax_uid,
+            "blob_key": rec.blob_key,
+            "size": rec.size,
+            "sha256": rec.sha256,
+            "source_aet": rec.source_aet,
+            "stored_at": rec.stored_at,
+        })  # fmt: skip
+        with _sqlite_errors(q.COUNT_SERIES):
+            cur.execute(q.COUNT_SERIES, (series_pk,))
+            cur.execute(q.COUNT_STUDY, (int(new_series), study_pk))
+            cur.execute(q.COUNT_PATIENT, (int(new_series), int(new_study), patient_pk))
+        m = _add_code(modalities, rec.series.get("modality"))
+        c = _add_code(classes, rec.instance.get("sop_class_uid"))
+        if m is not None or c is not None:
+            with _sqlite_errors(q.CODES):
+                cur.execute(q.CODES, (m or modalities, c or classes, study_pk))
+
+    def _patient_pk_sqlite(self, cur: sqlite3.Cursor, rec: InstanceRecord) -> int:
+        """:meth:`_patient_pk` on SQLite."""
+        patient_id = rec.patient.get("patient_id") or ""
+        if patient_id:
+            issuer = rec.patient.get("issuer_of_patient_id") or ""
+            with _sqlite_errors(_Sqlite.PATIENT_LOOKUP):
+                row = cur.execute(_Sqlite.PATIENT_LOOKUP, (patient_id, issuer)).fetchone()
+            if row is not None:
+                return int(row[0])
+        values = _with_folds({**rec.patient, "patient_id": patient_id}, Level.PATIENT)
+        return _insert_row(cur, Level.PATIENT, {**values, "charset": rec.charset})
+
     def _patient_pk(self, conn: Connection, rec: InstanceRecord) -> int:
         """The patient of a new study: the row of its PatientID + issuer, or a new row.
 
@@ -384,6 +555,11 @@ class Index:
         return joined
 
     def _instance_select(self) -> Select:
+        if self._instances_stmt is None:
+            self._instances_stmt = self._build_instance_select()
+        return self._instances_stmt
+
+    def _build_instance_select(self) -> Select:
         return select(
             s.studies.c.patient_id,
             s.studies.c.study_instance_uid,
