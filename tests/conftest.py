@@ -30,6 +30,21 @@ install_pynetdicom_fix()
 SERVER_AET = "PACSVAULT"
 CLIENT_AET = "TESTSCU"
 DCMTK_TOOLS = ("echoscu", "storescu", "findscu", "movescu", "getscu", "storescp")
+#: Where tests leave files for people to look at (screenshots); ignored by git.
+ARTIFACTS = Path(os.environ.get("PACSVAULT_TEST_ARTIFACTS",
+                                Path(__file__).resolve().parent.parent / "test-artifacts"))
+_session_start = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Name the artefact directories this run wrote to (screenshots of the viewer tests),
+    also when the tests ran in xdist workers."""
+    if not ARTIFACTS.is_dir():
+        return
+    for directory in sorted(p for p in ARTIFACTS.iterdir() if p.is_dir()):
+        fresh = [f for f in directory.iterdir() if f.stat().st_mtime >= _session_start]
+        if fresh:
+            terminalreporter.write_line(f"artefacts: {directory} ({len(fresh)} files)")
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""The HTTPS application: login, DICOMweb at /dicom-web, the admin API at /api.
+"""The HTTPS application: login, the viewer, DICOMweb at /dicom-web, the API at /api.
 
 One :class:`~pacsvault.site.Site` serves it, as it serves DIMSE: the same policy
 authenticates every request into a Principal (or answers 401), the same Archive
@@ -17,7 +17,7 @@ from pacsvault import __version__
 from pacsvault.security.audit import AuditUnavailable
 from pacsvault.security.policy import NotPermitted
 from pacsvault.site import Site
-from pacsvault.web import admin, session
+from pacsvault.web import admin, export, session, viewer
 from pacsvault.web.auth import Sessions
 from pacsvault.web.deps import invalid_fields
 from pacsvault.web.dicomweb import pixels as dicomweb_pixels
@@ -25,7 +25,14 @@ from pacsvault.web.dicomweb import routes as dicomweb_routes
 from pacsvault.web.middleware import install_middleware
 
 #: The routers every app includes; a new group of routes adds its router here.
-ROUTERS = [session.router, dicomweb_routes.router, dicomweb_pixels.router, admin.router]
+ROUTERS = [
+    session.router,
+    viewer.router,
+    export.router,
+    dicomweb_routes.router,
+    dicomweb_pixels.router,
+    admin.router,
+]
 
 
 def create_app(site: Site) -> FastAPI:
