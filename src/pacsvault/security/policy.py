@@ -162,6 +162,10 @@ class AssociationRequest:
     identity: IdentityClaim | None = None
 
 
+#: Seconds between two writes of a token's last use (`token list` shows it).
+TOKEN_USE_RESOLUTION = 60.0
+
+
 class AccessPolicy:
     """Decides every request, DIMSE and HTTP alike (see the module docstring)."""
 
@@ -478,7 +482,9 @@ class AccessPolicy:
         user = self.identities.users.get(record.user_name)
         if user is None or user.disabled:
             return Refusal(RefusalReason.IDENTITY, "the token's user is disabled")
-        self.web.token_used(token_id, now)
+        # Last use is for `token list`, to the minute: not a write on every request.
+        if record.last_used_at is None or now - record.last_used_at >= TOKEN_USE_RESOLUTION:
+            self.web.token_used(token_id, now)
         base = self.user_principal(user, address, Proof.TOKEN)
         return Principal(base.actor, base.permissions & tokens.SCOPE_PERMISSIONS[record.scope],
                          base.proofs, None, user)  # fmt: skip
