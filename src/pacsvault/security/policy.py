@@ -421,7 +421,16 @@ class AccessPolicy:
         """The user of a browser session cookie, if the session is alive (idle and absolute
         limits); the session's last use is updated, at most every ``session_idle / 50``
         seconds (10 s at most): a viewer fetching hundreds of frames a second does not
-        write the session hundreds of times, and the idle limit is still kept to 2%."""
+        write the session hundreds of times, and the idle limit is still kept to 2%.
+        A refusal is audited (it does not count towards a lockout: a session secret
+        cannot be guessed, and an expired one is no attack)."""
+        outcome = self._session(secret, address)
+        if isinstance(outcome, Refusal):
+            self.audit.record(Action.LOGIN, Outcome.REFUSED, Actor.unknown(address, None),
+                              detail=f"session: {outcome.why}", best_effort=True)  # fmt: skip
+        return outcome
+
+    def _session(self, secret: str, address: str) -> Principal | Refusal:
         if self.web is None or self.identities is None:
             return Refusal(RefusalReason.IDENTITY, "no web sessions here")
         id_hash = tokens.digest(secret)
@@ -462,10 +471,10 @@ class AccessPolicy:
         now = time.time()
         if record is None or not tokens.same_secret(secret, record.secret_hash):
             return Refusal(RefusalReason.IDENTITY, "unknown token")
-        if record.revoked_at is not None:
-            return Refusal(RefusalReason.IDENTITY, f"token {token_id} was revoked")
-        if record.expires_at is not None and now > record.expires_at:
-            return Refusal(RefusalReason.IDENTITY, f"token {token_id} expired")
+        state = record.state(now)
+        if state != "active":
+            why = "was revoked" if state == "revoked" else "expired"
+            return Refusal(RefusalReason.IDENTITY, f"token {token_id} {why}")
         user = self.identities.users.get(record.user_name)
         if user is None or user.disabled:
             return Refusal(RefusalReason.IDENTITY, "the token's user is disabled")

@@ -17,8 +17,9 @@ from pacsvault import __version__
 from pacsvault.security.audit import AuditUnavailable
 from pacsvault.security.policy import NotPermitted
 from pacsvault.site import Site
-from pacsvault.web import export, session, viewer
+from pacsvault.web import admin, export, session, viewer
 from pacsvault.web.auth import Sessions
+from pacsvault.web.deps import invalid_fields
 from pacsvault.web.dicomweb import pixels as dicomweb_pixels
 from pacsvault.web.dicomweb import routes as dicomweb_routes
 from pacsvault.web.middleware import install_middleware
@@ -30,6 +31,7 @@ ROUTERS = [
     export.router,
     dicomweb_routes.router,
     dicomweb_pixels.router,
+    admin.router,
 ]
 
 
@@ -51,8 +53,8 @@ def create_app(site: Site) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()[:5])
-        return JSONResponse({"detail": f"invalid request: {fields}"}, status_code=400)
+        return JSONResponse({"detail": f"invalid request: {invalid_fields(exc)}"},
+                            status_code=400)  # fmt: skip
 
     for router in ROUTERS:
         app.include_router(router)

@@ -7,6 +7,7 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 
 from pacsvault.security.audit import Action
 from pacsvault.security.identity import Permission, Principal
@@ -46,6 +47,11 @@ def require(request: Request, who: Principal, permission: Permission) -> None:
     policy = site_of(request).policy
     if not policy.require(who, permission, REFUSAL_ACTIONS[permission]):
         raise HTTPException(403, f"{permission.value} not permitted")
+
+
+def invalid_fields(exc: RequestValidationError) -> str:
+    """Where a request was invalid (the first five places), never the values sent."""
+    return ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()[:5])
 
 
 def dicomweb_base(request: Request) -> str:
