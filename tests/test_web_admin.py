@@ -9,6 +9,8 @@ checked on the same server.
 from __future__ import annotations
 
 import json
+import re
+import sqlite3
 import time
 import zipfile
 from collections.abc import Iterator
@@ -338,6 +340,7 @@ def test_session_changes_need_the_csrf_token(web: Web) -> None:
 #: One request to every admin route, with a valid body where it takes one.
 ADMIN_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/status", None),
+    ("GET", "/api/doctor", None),
     ("GET", "/api/users", None),
     ("POST", "/api/users", {"name": "eve", "role": "admin"}),
     ("GET", "/api/users/root", None),
@@ -367,19 +370,23 @@ ADMIN_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
 
 
 def admin_routes(web: Web) -> set[tuple[str, str]]:
-    """(method, path template) of every admin route in the OpenAPI document."""
+    """(method, path template) of every admin route in the OpenAPI document (not the
+    session's, nor the viewer's download, tagged ``export``)."""
     doc = web.call("GET", "/api/openapi.json").json()
     return {
         (m.upper(), p)
         for p, ops in doc["paths"].items()
-        for m in ops
-        if p.startswith("/api/") and p not in ("/api/session", "/api/openapi.json")
+        for m, op in ops.items()
+        if p.startswith("/api/")
+        and p not in ("/api/session", "/api/openapi.json")
+        and "export" not in op.get("tags", [])
     }
 
 
 def test_admin_calls_cover_every_admin_route(web: Web) -> None:
     templates = {
         ("POST", "/api/audit/search"),
+        ("GET", "/api/audit/verify"),
         *((m, _template(p)) for m, p, _b in ADMIN_CALLS),
     }
     assert templates == admin_routes(web)
@@ -434,8 +441,11 @@ def test_auditor_searches_but_does_not_administer(web: Web, roles: dict[str, str
     scoped = roles["admin-read-scope"]
     assert web.call("POST", "/api/audit/search", token=scoped, json={}).status_code == 200
     assert web.call("GET", "/api/users", token=scoped).status_code == 403
+    assert web.call("GET", "/api/audit/verify", token=auditor).json()["intact"] is True
     for role in ("referrer", "uploader", "radiologist"):
         r = web.call("POST", "/api/audit/search", token=roles[role], json={})
+        assert r.status_code == 403 and r.json()["detail"] == "audit not permitted"
+        r = web.call("GET", "/api/audit/verify", token=roles[role])
         assert r.status_code == 403 and r.json()["detail"] == "audit not permitted"
     assert any(r["detail"].startswith("search by action: ") for r in audited(web.data, "aud"))
 
@@ -514,3 +524,68 @@ def test_audit_search_filters(stocked: tuple[Web, list[Any]]) -> None:
     ]
     assert all(patient not in (x["detail"] or "") for x in audited(web.data))
     assert_verified(web)
+
+
+# -- doctor and audit verify ------------------------------------------------------------
+
+#: Rows of ``pacsvault doctor`` that probe the listeners (``GET /api/doctor`` does not).
+PROBES = ("DICOM listener (scan)", "TLS listener", "scan ")
+
+
+def test_doctor_gives_the_checks_of_pacsvault_doctor(web: Web) -> None:
+    weak = {"name": "WIDE", "ae_title": "WIDE", "host": "10.0.0.0/8", "services": ["echo"],
+            "tls": "off"}  # fmt: skip
+    assert web.call("POST", "/api/peers", json=weak).status_code == 201
+    r = web.call("GET", "/api/doctor")
+    assert r.status_code == 200, r.text
+    doctor = r.json()
+    rows = doctor["checks"]
+    failed = {c["name"]: c["severity"] for c in rows if c["result"] == "FAIL"}
+    assert failed == {"peer WIDE address": "high", "peer WIDE TLS": "medium"}
+    assert all(c["severity"] is None for c in rows if c["result"] == "PASS")
+    assert {c["result"] for c in rows} == {"PASS", "FAIL"}
+    assert doctor["passed"] == len(rows) - 2 and doctor["failed"] == 2
+    assert "pacsvault doctor" in doctor["note"]
+    # The command line's table, without its probes of the listeners: the same rows.
+    assert doctor_rows(cli(web.data, "doctor", check=False).stdout) == [
+        (c["result"], c["name"], c["detail"] + (f" [{c['severity']}]" if c["severity"] else ""))
+        for c in rows
+    ]
+
+
+def doctor_rows(printed: str) -> list[tuple[str, str, str]]:
+    """(PASS or FAIL, name, detail [severity]) of each row ``pacsvault doctor`` printed,
+    but its probes of the listeners."""
+    rows = [m.groups() for m in re.finditer(r"^(PASS|FAIL)  (.+?)  +(.*)$", printed, re.M)]
+    return [r for r in rows if not r[1].startswith(PROBES)]
+
+
+def test_audit_verify_says_what_audit_verify_says(web: Web) -> None:
+    web.call("POST", "/api/users", json={"name": "vera", "role": "auditor"})
+    r = web.call("GET", "/api/audit/verify")
+    assert r.status_code == 200, r.text
+    verdict = r.json()
+    assert verdict["intact"] is True and verdict["problems"] == []
+    assert verdict["records"] > 3 and verdict["checkpoints"] >= 1
+    # While the server runs, its newest records wait for their signed checkpoint.
+    assert any("has not stopped" in w for w in verdict["warnings"]), verdict
+    uses = [x["detail"] for x in audited(web.data) if x["action"] == "audit-use"]
+    assert uses == ["verify: intact"]
+
+    # A record changed behind the server's back: the same problem the CLI finds.
+    with sqlite3.connect(web.data / "index.sqlite", timeout=30) as conn:
+        seq = conn.execute("SELECT seq FROM audit_events WHERE detail = 'add vera role=auditor'")
+        target = seq.fetchone()[0]
+        conn.execute("UPDATE audit_events SET detail='nothing to see' WHERE seq=?", (target,))
+    r = web.call("GET", "/api/audit/verify")
+    verdict = r.json()
+    assert verdict["intact"] is False
+    assert any(p.startswith(f"seq {target} ") for p in verdict["problems"]), verdict
+    uses = [x["detail"] for x in audited(web.data) if x["action"] == "audit-use"]
+    assert uses[-1] == "verify: problems found"
+    web.server.stop()
+    printed = cli(web.data, "audit", "verify", check=False)
+    assert printed.returncode == 1
+    for problem in verdict["problems"]:
+        if problem.startswith(f"seq {target} "):
+            assert problem in printed.stdout

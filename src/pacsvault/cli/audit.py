@@ -17,7 +17,7 @@ from pacsvault.cli.base import CommandError
 from pacsvault.security.audit import Action, Outcome
 from pacsvault.security.audit_log import LogContents, read_copy
 from pacsvault.security.audit_message import audit_message
-from pacsvault.security.audit_verify import Evidence, Verdict, check
+from pacsvault.security.audit_verify import Verdict
 from pacsvault.site import Site, open_site
 from pacsvault.storage.audit import AuditFilters, parse_time
 
@@ -58,17 +58,8 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 
 def _verify(site: Site, copies: list[LogContents]) -> Verdict:
-    """Check the trail against the local checkpoint log and *copies* (see audit_verify).
-
-    The log is read before the index and the liveness of writers checked after, so a
-    process writing meanwhile cannot make an honest trail look tampered with.
-    """
-    audit = site.audit
-    log = audit.log
-    local = log.read()
-    trail = audit.read_trail()
-    evidence = Evidence(local, copies, log.writers_alive(), log.size() != local.size)
-    return check(trail, audit.signer, evidence)
+    """Check the trail against the local checkpoint log and *copies* (see audit_verify)."""
+    return site.audit.verify(copies)
 
 
 def _print_verdict(verdict: Verdict) -> None:

@@ -14,7 +14,7 @@ import socket
 import ssl
 
 from pacsvault.config import Settings
-from pacsvault.security.hardening import Check, check_peers, check_settings
+from pacsvault.security.hardening import Check, lint
 
 SEVERITY_ORDER = ["info", "low", "medium", "high", "critical"]
 
@@ -93,7 +93,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from pacsvault.site import open_site
 
     with open_site(args.data_dir) as site:
-        checks = check_settings(site.settings, args.data_dir) + check_peers(site.peers.list())
+        checks = lint(site.settings, args.data_dir, site.peers.list())
     checks += probe_listeners(site.settings)
     print(_table(checks))
     failing = [c for c in checks if not c.ok]

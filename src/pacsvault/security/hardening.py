@@ -117,3 +117,9 @@ def check_settings(settings: Settings, data_dir: Path) -> list[Check]:
         if (c := _mode(path, allowed)) is not None:
             out.append(c)
     return out
+
+
+def lint(settings: Settings, data_dir: Path, peers: list[Peer]) -> list[Check]:
+    """The settings, file modes and peers checked (``pacsvault doctor`` before it probes
+    the listeners, and ``GET /api/doctor``)."""
+    return check_settings(settings, data_dir) + check_peers(peers)

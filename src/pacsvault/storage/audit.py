@@ -20,7 +20,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -39,8 +39,8 @@ from pacsvault.security.audit import (
     record_hash,
 )
 from pacsvault.security.audit_keys import AuditSigner
-from pacsvault.security.audit_log import CheckpointLog, Entry, Run
-from pacsvault.security.audit_verify import Trail
+from pacsvault.security.audit_log import CheckpointLog, Entry, LogContents, Run
+from pacsvault.security.audit_verify import Evidence, Trail, Verdict, check
 from pacsvault.security.identity import Actor
 from pacsvault.security.secrets import Pseudonymizer
 from pacsvault.storage import schema as s
@@ -382,6 +382,21 @@ class AuditTrail:
             ).mappings().all()  # fmt: skip
             cps = conn.execute(select(s.audit_checkpoints).order_by(s.audit_checkpoints.c.seq))
             return Trail(list(rows), read_head(conn), {cp["seq"]: cp for cp in cps.mappings()})
+
+    def verify(self, copies: Sequence[LogContents] = ()) -> Verdict:
+        """Check the trail against the local checkpoint log and *copies* (see
+        ``security.audit_verify``): ``pacsvault audit verify`` and ``GET /api/audit/verify``.
+
+        The log is read before the index and the liveness of writers checked after, so a
+        process writing meanwhile cannot make an honest trail look tampered with.
+        """
+        log, signer = self.log, self.signer
+        if log is None or signer is None:
+            raise AuditUnavailable("no signing key: the trail cannot be verified")
+        local = log.read()
+        trail = self.read_trail()
+        evidence = Evidence(local, list(copies), log.writers_alive(), log.size() != local.size)
+        return check(trail, signer, evidence)
 
     def search(self, q: AuditQuery) -> list[dict[str, Any]]:
         """Records matching every filter of *q*, in chain order."""

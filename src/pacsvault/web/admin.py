@@ -1,14 +1,15 @@
-"""The admin API under ``/api``: status, users, peers, tokens, shares, lockouts, audit search.
+"""The admin API under ``/api``: status, doctor, users, peers, tokens, shares, lockouts, audit.
 
 Every route needs an authenticated caller with the ``admin`` permission (the audit
-search: ``audit``), checked through the one policy before anything else of the request
-is read (:class:`GuardedRoute`). Every change is a call to the same
+search and verification: ``audit``), checked through the one policy before anything
+else of the request is read (:class:`GuardedRoute`). Every change is a call to the same
 :class:`~pacsvault.storage.admin.Administration` service the command line uses, which
 checks the permission again and writes the change and its audit record in one
 transaction; reads use the same repositories and the same
 :meth:`~pacsvault.site.Site.status` and
 :class:`~pacsvault.storage.audit.AuditFilters` as ``pacsvault status``, ``... list`` and
-``audit search``. Secrets the services generate (passwords, API tokens, second-factor
+``audit search``, the same lint as ``pacsvault doctor`` and the same check as ``audit
+verify``. Secrets the services generate (passwords, API tokens, second-factor
 secrets, peer keys) are in the response once; only hashes of passwords and tokens are
 kept.
 
@@ -49,6 +50,7 @@ from pacsvault import __version__
 from pacsvault.dicom.uids import InvalidUID
 from pacsvault.security import totp
 from pacsvault.security.audit import Action, Outcome
+from pacsvault.security.hardening import lint
 from pacsvault.security.identity import Actor, Permission, Principal
 from pacsvault.security.peers import (
     CLIENT_CERT_CA,
@@ -295,6 +297,31 @@ class Status(BaseModel):
     lockouts: int
 
 
+class DoctorCheck(BaseModel):
+    """One check of ``pacsvault doctor``: PASS, or FAIL with how much it matters."""
+
+    name: str
+    result: Literal["PASS", "FAIL"]
+    detail: str
+    severity: str | None = Field(description="of a failure: critical, high, medium, low, info")
+
+
+class Doctor(BaseModel):
+    """The settings, file modes and peers compared with the secure defaults."""
+
+    checks: list[DoctorCheck]
+    passed: int
+    failed: int
+    note: str = Field(description="what this does not check")
+
+
+#: What ``GET /api/doctor`` leaves to ``pacsvault doctor`` on the host.
+DOCTOR_NOTE = (
+    "The listeners are not probed from here (the cleartext exposure scan would count "
+    "against this host's lockout): run pacsvault doctor on the host for that."
+)
+
+
 # -- users -------------------------------------------------------------------------------
 
 
@@ -520,6 +547,17 @@ class AuditResult(BaseModel):
     truncated: bool = Field(description="more records matched than the limit")
 
 
+class AuditVerdict(BaseModel):
+    """What ``pacsvault audit verify`` says of the trail (without checkpoint log copies)."""
+
+    intact: bool
+    records: int
+    checkpoints: int
+    problems: list[str]
+    warnings: list[str]
+    notes: list[str]
+
+
 def audit_record(row: dict[str, Any]) -> AuditRecord:
     fields = {k: row[k] for k in AuditRecord.model_fields if k != "time"}
     return AuditRecord(time=timestamp(row["time"]), **fields)
@@ -547,6 +585,18 @@ def status(request: Request) -> Status:
         users=now.users,
         lockouts=len(now.lockouts),
     )
+
+
+@admin.get("/doctor", tags=["admin"])
+def doctor(request: Request) -> Doctor:
+    """The checks of ``pacsvault doctor`` (settings, file modes, peers) as PASS/FAIL rows:
+    every way this installation is weaker than its secure defaults."""
+    site = site_of(request)
+    checks = lint(site.settings, site.data_dir, site.peers.list())
+    rows = [DoctorCheck(name=c.name, result="PASS" if c.ok else "FAIL", detail=c.detail,
+                        severity=None if c.ok else c.severity) for c in checks]  # fmt: skip
+    failed = sum(1 for c in checks if not c.ok)
+    return Doctor(checks=rows, passed=len(checks) - failed, failed=failed, note=DOCTOR_NOTE)
 
 
 # users
@@ -816,6 +866,22 @@ def search_audit(request: Request, who: Who, q: AuditSearch) -> AuditResult:
     site.audit.record(Action.AUDIT_USE, Outcome.SUCCESS, who.actor,
                       detail=filters.describe("search", len(rows)))  # fmt: skip
     return AuditResult(records=[audit_record(r) for r in rows], truncated=truncated)
+
+
+@auditor.get("/audit/verify", tags=["audit"])
+def verify_audit(request: Request, who: Who) -> AuditVerdict:
+    """``pacsvault audit verify``: the hash chain, the signed checkpoints and the local
+    checkpoint log (``audit`` permission). While the server runs, records after its last
+    checkpoint are not signed yet: a warning, not a problem. The check is recorded."""
+    site = site_of(request)
+    verdict = site.audit.verify()
+    site.audit.record(Action.AUDIT_USE, Outcome.SUCCESS, who.actor,
+                      detail=f"verify: {'intact' if verdict.intact else 'problems found'}",
+                      best_effort=True)  # fmt: skip
+    return AuditVerdict(intact=verdict.intact, records=verdict.records,
+                        checkpoints=verdict.checkpoints,
+                        problems=[p.describe() for p in verdict.problems],
+                        warnings=verdict.warnings, notes=verdict.notes)  # fmt: skip
 
 
 #: Every route of the admin API.

@@ -17,7 +17,7 @@ from pacsvault import __version__
 from pacsvault.security.audit import AuditUnavailable
 from pacsvault.security.policy import NotPermitted
 from pacsvault.site import Site
-from pacsvault.web import admin, export, session, viewer
+from pacsvault.web import admin, adminpages, export, session, viewer
 from pacsvault.web.auth import Sessions
 from pacsvault.web.deps import invalid_fields
 from pacsvault.web.dicomweb import pixels as dicomweb_pixels
@@ -32,6 +32,7 @@ ROUTERS = [
     dicomweb_routes.router,
     dicomweb_pixels.router,
     admin.router,
+    adminpages.router,
 ]
 
 
