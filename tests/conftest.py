@@ -21,6 +21,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from pacsvault.dicom.synthetic import Spec, data_set
+from pg_server import pg_server_fixture, pg_url_fixture  # noqa: F401 (fixtures)
 from pynetdicom_fix import install as install_pynetdicom_fix
 
 install_pynetdicom_fix()
@@ -182,6 +183,18 @@ class Server:
             return list(
                 conn.execute("SELECT action, outcome, actor, address, detail FROM audit_events")
             )
+
+
+#: The index databases every index test runs against.
+DATABASES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(params=DATABASES)
+def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty index: a SQLite file, then a PostgreSQL database (see pg_server.py)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    return str(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
+    URL,
     Connection,
     Engine,
     Table,
@@ -32,6 +33,7 @@ from sqlalchemy import (
     exists,
     false,
     func,
+    make_url,
     or_,
     select,
     update,
@@ -138,9 +140,37 @@ def after_commit(conn: Connection, action: Callable[[], None]) -> bool:
     return True
 
 
+#: Connections each process keeps open to PostgreSQL, and how many more it may open
+#: under load. A serve process needs one for the index writer, one per running query
+#: (a streamed C-FIND/QIDO answer holds its connection while it is sent) and a few for
+#: policy checks; several nodes share the server's max_connections (100 by default).
+PG_POOL_SIZE = 5
+PG_MAX_OVERFLOW = 15
+
+
+def engine_url(url: str) -> URL:
+    """*url* as SQLAlchemy should open it: ``postgresql://`` (and ``postgres://``) mean
+    psycopg 3. Raises ValueError for a database or driver pacsvault does not support
+    (the message never repeats the URL, which may hold a password)."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise ValueError("the index URL is not a valid database URL") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite" and driver in ("", "pysqlite"):
+        return parsed
+    if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
+        return parsed.set(drivername="postgresql+psycopg")
+    raise ValueError(
+        "the index URL must be sqlite:///PATH or postgresql://USER@HOST/DATABASE "
+        f"(not {parsed.drivername}://)"
+    )
+
+
 def open_engine(url: str) -> Engine:
     """Create the engine for *url*, configured for durable, concurrent use."""
-    if url.startswith("sqlite"):
+    target = engine_url(url)
+    if target.get_backend_name() == "sqlite":
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
@@ -151,7 +181,16 @@ def open_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    return create_engine(
+        target,
+        pool_size=PG_POOL_SIZE,
+        max_overflow=PG_MAX_OVERFLOW,
+        pool_timeout=30,
+        pool_pre_ping=True,  # a connection the server or a proxy dropped is replaced
+        pool_recycle=3600,
+        hide_parameters=True,
+        connect_args={"connect_timeout": 10, "application_name": "pacsvault"},
+    )
 
 
 def _with_folds(values: Mapping[str, str | None], level: Level) -> dict[str, str | None]:
