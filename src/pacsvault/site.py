@@ -129,6 +129,7 @@ class Site:
             signer=load_signer(data_dir),
             checkpoint_every=settings.audit.checkpoint_every,
             checkpoint_log=CheckpointLog(data_dir),
+            chain=settings.index.node,
         )
         self.audit.ensure_genesis(new_site=new_site)
         self.peers = PeerRepository(self.index.engine)

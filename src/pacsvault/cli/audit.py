@@ -78,15 +78,16 @@ def _verify(site: Site, copies: list[LogContents]) -> Verdict:
     audit = site.audit
     log = audit.log
     local = log.read()
-    trail = audit.read_trail()
+    trails = audit.read_trails()
     evidence = Evidence(local, copies, log.writers_alive(), log.size() != local.size)
-    return check(trail, audit.signer, evidence)
+    return check(trails, audit.signer, evidence, chain=audit.chain)
 
 
 def _print_verdict(verdict: Verdict) -> None:
     if verdict.intact:
+        chains = f" in {verdict.chains} chains" if verdict.chains > 1 else ""
         print(f"audit trail intact: {verdict.records} records, "
-              f"{verdict.checkpoints} checkpoints")  # fmt: skip
+              f"{verdict.checkpoints} checkpoints{chains}")  # fmt: skip
     for problem in verdict.problems:
         print(problem.describe())
     for warning in verdict.warnings:

@@ -666,8 +666,7 @@ class Index:
         if scope.physicians:
             # The stored fold keeps trailing empty components ("smith^john^^"); the
             # scope's keys are without them (see physician_key).
-            name = func.rtrim(st.c.referring_physician_name_fold, "^= ")
-            parts.append(name.in_(scope.physicians))
+            parts.append(s.REFERRER_KEY.in_(scope.physicians))
         if scope.studies:
             parts.append(st.c.study_instance_uid.in_(scope.studies))
         visible = or_(*parts)
