@@ -38,6 +38,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -243,6 +244,25 @@ _PATIENT_LOOKUP = select(s.patients.c.pk).where(
     func.coalesce(s.patients.c.issuer_of_patient_id, s.EMPTY) == bindparam("issuer"),
 )
 _INSERT = {level: table.insert() for level, table in s.LEVEL_TABLES.items()}
+# PostgreSQL: a row another writer inserted first is not an error; RETURNING gives
+# the new key, or nothing when the other writer's row stands (see _record_shared).
+_INSERT_NEW = {
+    Level.PATIENT: pg_insert(s.patients)
+    .on_conflict_do_nothing(
+        index_elements=[s.patients.c.patient_id,
+                        func.coalesce(s.patients.c.issuer_of_patient_id, s.EMPTY)],
+        index_where=s.IDENTIFIED_PATIENT,
+    )
+    .returning(s.patients.c.pk),
+    Level.STUDY: pg_insert(s.studies)
+    .on_conflict_do_nothing(index_elements=[s.studies.c.study_instance_uid])
+    .returning(s.studies.c.pk),
+    Level.SERIES: pg_insert(s.series)
+    .on_conflict_do_nothing(index_elements=[s.series.c.series_instance_uid])
+    .returning(s.series.c.pk),
+}  # fmt: skip
+_SERIES_LOOKUP_LOCKED = _SERIES_LOOKUP.with_for_update(of=s.studies)
+_STUDY_LOOKUP_LOCKED = _STUDY_LOOKUP.with_for_update()
 _COUNT_SERIES = (
     update(s.series)
     .where(s.series.c.pk == bindparam("row_pk"))
@@ -420,21 +440,42 @@ class Index:
         keeps its first-seen attributes (and its patient); an existing SOP Instance UID
         violates the unique constraint and raises. This is the ingest hot path: the
         common case (a series already known) costs one lookup, one insert and three
-        updates, all through statements compiled once.
+        updates, all through statements compiled once. On SQLite they run on the
+        sqlite3 connection itself (:class:`_Sqlite`); elsewhere (PostgreSQL) through
+        SQLAlchemy, safe against writers in other processes (see :meth:`_record_shared`).
         """
-        hit = conn.execute(_SERIES_LOOKUP, {"uid": rec.series["series_instance_uid"]}).first()
+        raw = _dbapi(conn)
+        if raw is None:
+            self._record_shared(conn, rec)
+            return
+        cur = raw.cursor()
+        try:
+            self._record_instance_sqlite(cur, rec)
+        finally:
+            cur.close()
+
+    def _record_shared(self, conn: Connection, rec: InstanceRecord) -> None:
+        """:meth:`record_instance` on a database that several processes write (PostgreSQL).
+
+        SQLite's single writer made lookup-then-insert safe; here other nodes insert and
+        count concurrently, so: the study row is locked (``FOR UPDATE``) where it is read,
+        which keeps its modality and SOP class lists from losing another node's addition
+        (its counts are updated in place and lock it anyway); and patients, studies and
+        series are inserted ``ON CONFLICT DO NOTHING``: a node that loses the race to
+        create one waits for the winner's commit and then uses its row.
+        """
+        series_uid = {"uid": rec.series["series_instance_uid"]}
+        hit = conn.execute(_SERIES_LOOKUP_LOCKED, series_uid).first()
         new_series = new_study = hit is None
         if hit is not None:
             series_pk, study_pk, patient_pk, modalities, classes = hit
         else:
-            study = conn.execute(_STUDY_LOOKUP, {"uid": rec.study["study_instance_uid"]}).first()
-            new_study = study is None
-            if study is not None:
-                study_pk, patient_pk, modalities, classes = study
-            else:
-                patient_pk = self._patient_pk(conn, rec)
-                study_pk = conn.execute(
-                    _INSERT[Level.STUDY],
+            study_uid = {"uid": rec.study["study_instance_uid"]}
+            study = conn.execute(_STUDY_LOOKUP_LOCKED, study_uid).first()
+            if study is None:
+                patient_pk, patient_is_new = self._patient_pk(conn, rec)
+                created = conn.execute(
+                    _INSERT_NEW[Level.STUDY],
                     {
                         **_with_folds(rec.study, Level.STUDY),
                         **_patient_copy(rec.patient),
@@ -444,13 +485,25 @@ class Index:
                         "modalities_in_study": None,
                         "sop_classes_in_study": None,
                     },
-                ).inserted_primary_key[0]
-                modalities = classes = None
+                ).scalar()
+                if created is None:  # another node created the study meanwhile
+                    if patient_is_new:
+                        conn.execute(s.patients.delete().where(s.patients.c.pk == patient_pk))
+                    study = conn.execute(_STUDY_LOOKUP_LOCKED, study_uid).one()
+                else:
+                    study_pk, modalities, classes = created, None, None
+            if study is not None:
+                new_study = False
+                study_pk, patient_pk, modalities, classes = study
             series_pk = conn.execute(
-                _INSERT[Level.SERIES],
+                _INSERT_NEW[Level.SERIES],
                 {**_with_folds(rec.series, Level.SERIES), "study_pk": study_pk,
                  "charset": rec.charset},
-            ).inserted_primary_key[0]  # fmt: skip
+            ).scalar()  # fmt: skip
+            if series_pk is None:  # another node created the series meanwhile
+                hit = conn.execute(_SERIES_LOOKUP_LOCKED, series_uid).one()
+                series_pk, study_pk, patient_pk, modalities, classes = hit
+                new_series = False
 
         conn.execute(
             _INSERT[Level.IMAGE],
@@ -541,24 +594,25 @@ class Index:
         values = _with_folds({**rec.patient, "patient_id": patient_id}, Level.PATIENT)
         return _insert_row(cur, Level.PATIENT, {**values, "charset": rec.charset})
 
-    def _patient_pk(self, conn: Connection, rec: InstanceRecord) -> int:
-        """The patient of a new study: the row of its PatientID + issuer, or a new row.
+    def _patient_pk(self, conn: Connection, rec: InstanceRecord) -> tuple[int, bool]:
+        """The patient of a new study: the row of its PatientID + issuer, or a new row
+        (then True).
 
         A study without a PatientID (absent or empty) always gets a new patient row.
         An existing row keeps its first-seen attributes; the study keeps its own.
         """
         patient_id = rec.patient.get("patient_id") or ""
-        if patient_id:
-            issuer = rec.patient.get("issuer_of_patient_id") or ""
-            row = conn.execute(_PATIENT_LOOKUP, {"pid": patient_id, "issuer": issuer}).first()
-            if row is not None:
-                return int(row[0])
         values = _with_folds({**rec.patient, "patient_id": patient_id}, Level.PATIENT)
-        return int(
-            conn.execute(
-                _INSERT[Level.PATIENT], {**values, "charset": rec.charset}
-            ).inserted_primary_key[0]
-        )
+        issuer = rec.patient.get("issuer_of_patient_id") or ""
+        lookup = {"pid": patient_id, "issuer": issuer}
+        if patient_id:
+            row = conn.execute(_PATIENT_LOOKUP, lookup).first()
+            if row is not None:
+                return int(row[0]), False
+        pk = conn.execute(_INSERT_NEW[Level.PATIENT], {**values, "charset": rec.charset}).scalar()
+        if pk is None:  # another node added this patient meanwhile
+            return int(conn.execute(_PATIENT_LOOKUP, lookup).scalar_one()), False
+        return int(pk), True
 
     def replace_instance(self, conn: Connection, rec: InstanceRecord) -> None:
         """Point an existing SOP instance at a new copy (the 'replace' duplicate policy).
