@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,8 +174,14 @@ class Server:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def index(self) -> sqlite3.Connection:
-        """A read-only connection to the server's SQLite index."""
+    def index(self):  # type: ignore[no-untyped-def]
+        """A connection to the server's index: SQLite read-only, or PostgreSQL (psycopg:
+        the same ``conn.execute(sql).fetchall()``, ``%s`` for parameters)."""
+        url = index_url_of(self.data)
+        if url:
+            import psycopg
+
+            return psycopg.connect(url)
         return sqlite3.connect(f"file:{self.data / 'index.sqlite'}?mode=ro", uri=True)
 
     def audit(self) -> list[tuple[str, str, str | None, str | None, str | None]]:
@@ -187,6 +194,24 @@ class Server:
 
 #: The index databases every index test runs against.
 DATABASES = ("sqlite", "postgresql")
+
+
+def index_url_of(data: Path) -> str:
+    """The data directory's configured index URL ("" for its SQLite file)."""
+    settings = tomllib.loads((data / "pacsvault.toml").read_text())
+    return settings.get("index", {}).get("url") or settings.get("storage", {}).get("index_url", "")
+
+
+def index_args(request: pytest.FixtureRequest, database: str) -> list[str]:
+    """``init`` arguments that put a new data directory's index in *database*: nothing
+    for SQLite; for PostgreSQL a new database on the session's server, dropped when the
+    requesting fixture is torn down."""
+    if database == "sqlite":
+        return []
+    server = request.getfixturevalue("pg_server")
+    name = server.create_database()
+    request.addfinalizer(lambda: server.drop_database(name))
+    return ["--index-url", server.url(name)]
 
 
 @pytest.fixture(params=DATABASES)

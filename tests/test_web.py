@@ -19,7 +19,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 
-from conftest import Server, cli, dataset_bytes, free_port, write_data_set
+from conftest import DATABASES, Server, cli, dataset_bytes, free_port, index_args, write_data_set
 from pacsvault.dicom.synthetic import Spec
 from pacsvault.security import totp
 
@@ -55,12 +55,15 @@ def token(data: Path, user: str, scope: str = "read", *extra: str) -> str:
     return out.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict, list]]:
-    """A server with two studies (one per referring physician) and one user per role."""
+@pytest.fixture(scope="module", params=DATABASES)
+def site(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, dict, list]]:
+    """A server with two studies (one per referring physician) and one user per role.
+    Once with each index database (sessions, tokens, lockouts live there too)."""
     tmp = tmp_path_factory.mktemp("web")
     data = tmp / "data"
-    cli(data, "init", "--aet", "PACSVAULT")
+    cli(data, "init", "--aet", "PACSVAULT", *index_args(request, request.param))
     files = write_data_set(tmp / "f", Spec(patients=2, studies_per_patient=1, seed=4))
     studies: list[str] = []
     for path, ds in files:
