@@ -222,6 +222,45 @@ def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("pg_url"))
 
 
+class IndexDB:
+    """A read-write connection to a data directory's index, SQLite or PostgreSQL, for tests
+    that change it behind pacsvault's back: ``execute(sql, params)`` with ``?`` marks on
+    both; as a context manager it commits (or rolls back) and closes."""
+
+    def __init__(self, data: Path) -> None:
+        url = index_url_of(data)
+        self.postgres = bool(url)
+        if self.postgres:
+            import psycopg
+
+            self.conn = psycopg.connect(url)
+        else:
+            self.conn = sqlite3.connect(data / "index.sqlite")
+
+    def execute(self, sql: str, params: tuple = ()):  # type: ignore[no-untyped-def]
+        if self.postgres:
+            return self.conn.execute(sql.replace("?", "%s"), params)
+        return self.conn.execute(sql, params)
+
+    def __enter__(self) -> IndexDB:
+        return self
+
+    def __exit__(self, exc_type, *_exc) -> None:  # type: ignore[no-untyped-def]
+        if exc_type is None:
+            self.conn.commit()
+        else:
+            self.conn.rollback()
+        self.conn.close()
+
+
+@pytest.fixture(params=DATABASES)
+def any_data_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """An initialised data directory whose index is SQLite, then PostgreSQL."""
+    data = tmp_path / "data"
+    cli(data, "init", "--aet", SERVER_AET, *index_args(request, request.param))
+    return data
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     data = tmp_path / "data"

@@ -163,15 +163,26 @@ def _in_chain(problems: list[Problem], chain: str) -> list[Problem]:
     return [Problem(p.seq, p.time, p.what, chain) for p in problems]
 
 
+def _announces(row: Any) -> bool:
+    """True for a record announcing a node's chain (see :func:`_registry_problems`)."""
+    if row["action"] != Action.AUDIT_CHAIN.value:
+        return False
+    return parse_announcement(row["detail"]) is not None
+
+
 def _registry_problems(trails: dict[str, Trail]) -> list[Problem]:
-    """Every node's chain is announced in the first chain, and every announced one is there."""
+    """Every node's chain is announced in the first chain, once, and every announced one
+    is there with the announced genesis."""
     problems: list[Problem] = []
     announced: dict[str, tuple[str, Any]] = {}
     for row in trails[ROOT_CHAIN].rows:
-        if row["action"] == Action.AUDIT_CHAIN.value:
-            parsed = parse_announcement(row["detail"])
-            if parsed is not None:
-                announced[parsed[0]] = (parsed[1], row)
+        if _announces(row):
+            name, trail_id = parse_announcement(row["detail"])  # type: ignore[misc]
+            if name in announced:
+                what = f"announces chain {name} a second time: not written by pacsvault"
+                problems.append(Problem(row["seq"], row["time"], what))
+                continue
+            announced[name] = (trail_id, row)
     for name, (trail_id, row) in sorted(announced.items()):
         genesis = trails[name].checkpoints.get(GENESIS_SEQ) if name in trails else None
         if genesis is None:
@@ -370,6 +381,12 @@ def _check_runs(trail: Trail, ev: Evidence, verdict: Verdict) -> None:
     final = max((e.get("seq", 0) for e in signed if e.get("final") or e["kind"] == "genesis"),
                 default=0)  # fmt: skip
     head = max(trail.head[0], trail.last)
+    beyond = [r for r in trail.rows if r["seq"] > final]
+    if head > final and len(beyond) == head - final and all(map(_announces, beyond)):
+        # Another node's first start: it announces its chain here, vouched for by that
+        # chain's signed genesis (checked with the registry), and signs nothing here.
+        verdict.notes.append(f"records {final + 1}-{head} announce other nodes' audit chains")
+        return
     if head > final:
         verdict.problems.append(Problem(head, None, (
             f"the head is not covered by the checkpoint of the last clean shutdown (seq {final}):"
