@@ -6,7 +6,7 @@ DATA   ?= ./pacsvault-data
 PORT   ?= 11112
 JOBS   ?= auto
 
-.PHONY: run test lint bench-ingest bench-find clean venv debs
+.PHONY: run test lint bench-ingest bench-find bench-viewer clean venv debs
 
 $(BIN)/pacsvault: pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
@@ -20,15 +20,15 @@ venv: $(BIN)/pacsvault
 
 debs:
 	scripts/ensure-debian-packages /usr/bin/storescu:dcmtk /usr/sbin/Orthanc:orthanc \
-	  /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb \
-	  /usr/lib/postgresql/15/bin/initdb:postgresql
+	  /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb /usr/sbin/haproxy:haproxy \
+	  /usr/bin/chromium:chromium /usr/lib/postgresql/15/bin/initdb:postgresql
 
 test: venv debs
-	$(BIN)/ruff check . bench/ingest bench/find bench/web
+	$(BIN)/ruff check . bench/ingest bench/find bench/web bench/viewer
 	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile --durations=15
 
 lint: venv
-	$(BIN)/ruff check . bench/ingest bench/find bench/web
+	$(BIN)/ruff check . bench/ingest bench/find bench/web bench/viewer
 
 # Demo only: registers a loopback workstation DEMOSCU allowed every service.
 run: venv debs
@@ -52,6 +52,9 @@ bench-ingest: venv debs
 
 bench-find: venv debs
 	$(BIN)/python bench/find
+
+bench-viewer: venv debs
+	$(BIN)/python bench/viewer
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -14,11 +14,13 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 from pydicom.dataset import Dataset
 
 from pacsvault.dicom.synthetic import Spec, data_set
@@ -30,6 +32,21 @@ install_pynetdicom_fix()
 SERVER_AET = "PACSVAULT"
 CLIENT_AET = "TESTSCU"
 DCMTK_TOOLS = ("echoscu", "storescu", "findscu", "movescu", "getscu", "storescp")
+#: Where tests leave files for people to look at (screenshots); ignored by git.
+ARTIFACTS = Path(os.environ.get("PACSVAULT_TEST_ARTIFACTS",
+                                Path(__file__).resolve().parent.parent / "test-artifacts"))
+_session_start = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Name the artefact directories this run wrote to (screenshots of the viewer tests),
+    also when the tests ran in xdist workers."""
+    if not ARTIFACTS.is_dir():
+        return
+    for directory in sorted(p for p in ARTIFACTS.iterdir() if p.is_dir()):
+        fresh = [f for f in directory.iterdir() if f.stat().st_mtime >= _session_start]
+        if fresh:
+            terminalreporter.write_line(f"artefacts: {directory} ({len(fresh)} files)")
 
 
 def free_port() -> int:
@@ -296,6 +313,14 @@ def add_test_peer(data: Path, allow: str = ALL_SERVICES, port: int | None = None
         "--allow", allow, *extra)  # fmt: skip
 
 
+def serve(data: Path, log: Path) -> Server:
+    """A started server on the initialised *data*, logging to *log*; the caller stops it
+    (for module-scoped fixtures: ``make_server`` is per test)."""
+    server = Server(data, free_port(), log)
+    server.start()
+    return server
+
+
 def start_server(tmp: Path, allow: str = ALL_SERVICES, port: int | None = None) -> Server:
     """A server of its own under *tmp* (for module-scoped fixtures): init, TESTSCU, start.
 
@@ -304,9 +329,7 @@ def start_server(tmp: Path, allow: str = ALL_SERVICES, port: int | None = None) 
     data = tmp / "data"
     cli(data, "init", "--aet", SERVER_AET)
     add_test_peer(data, allow, port)
-    server = Server(data, free_port(), tmp / "server.log")
-    server.start()
-    return server
+    return serve(data, tmp / "server.log")
 
 
 @pytest.fixture
@@ -334,3 +357,94 @@ def dataset_bytes(path: Path) -> bytes:
     data = path.read_bytes()
     _ts, offset = split_part10(data)
     return data[offset:]
+
+
+def import_studies(data: Path, directory: Path, spec: Spec) -> list[Dataset]:
+    """Import a synthetic data set into *data* (before its server starts); its datasets."""
+    files = write_data_set(directory, spec)
+    cli(data, "import", str(directory))
+    return [ds for _path, ds in files]
+
+
+# -- the web door ------------------------------------------------------------------------
+
+WEB_ADMIN = "root"
+
+
+def https_session(server: Server, token: str | None = None) -> requests.Session:
+    """An HTTP client that trusts the site's CA, with *token* as its bearer token."""
+    s = requests.Session()
+    s.verify = str(server.data / "tls" / "ca.crt")
+    s.trust_env = False  # the environment's REQUESTS_CA_BUNDLE would override verify
+    if token:
+        s.headers["Authorization"] = f"Bearer {token}"
+    return s
+
+
+def https_url(server: Server, path: str) -> str:
+    return f"https://localhost:{server.https_port}{path}"
+
+
+def add_user(data: Path, name: str, role: str) -> str:
+    """Add a user through the command line; its password."""
+    out = cli(data, "user", "add", name, "--role", role).stdout
+    return out.split("(shown once): ")[1].strip()
+
+
+def api_token(data: Path, user: str, scope: str = "read", *extra: str) -> str:
+    """A new API token through the command line (the last line ``token create`` prints)."""
+    out = cli(data, "token", "create", "--user", user, "--scope", scope, *extra).stdout
+    return out.strip().splitlines()[-1]
+
+
+def web_login(server: Server, name: str, password: str, code: str = "") -> requests.Session | None:
+    """A logged-in session that sends its CSRF token (``X-CSRF-Token``); None on a 401."""
+    s = https_session(server)
+    r = s.post(https_url(server, "/login"),
+               data={"username": name, "password": password, "code": code},
+               headers={"Accept": "application/json"})  # fmt: skip
+    if r.status_code == 401:
+        return None
+    assert r.status_code == 200, r.text
+    s.headers["X-CSRF-Token"] = r.json()["csrf"]
+    return s
+
+
+@dataclass
+class Web:
+    """A running server with an administrator (``WEB_ADMIN``), its password and an
+    admin-scope token."""
+
+    server: Server
+    password: str
+    token: str
+
+    @property
+    def data(self) -> Path:
+        return self.server.data
+
+    def url(self, path: str) -> str:
+        return https_url(self.server, path)
+
+    def client(self, token: str | None = None) -> requests.Session:
+        return https_session(self.server, token)
+
+    def call(self, method: str, path: str, token: str | None = None, **kw: Any):
+        """One request with *token* (the admin's by default)."""
+        with self.client(token or self.token) as s:
+            return s.request(method, self.url(path), timeout=30, **kw)
+
+    def new_token(self, user: str, scope: str) -> str:
+        """A new API token for *user*, through the admin API."""
+        r = self.call("POST", "/api/tokens", json={"user": user, "scope": scope})
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"])
+
+    def login(self, user: str, password: str, code: str = "") -> requests.Session | None:
+        return web_login(self.server, user, password, code)
+
+
+def start_web(data: Path, start: Callable[[Path], Server]) -> Web:
+    """An administrator and its token on the initialised *data*, then ``start(data)``."""
+    password = add_user(data, WEB_ADMIN, "admin")
+    return Web(start(data), password, api_token(data, WEB_ADMIN, "admin"))

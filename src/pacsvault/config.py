@@ -54,6 +54,9 @@ class DicomSettings(_Section):
     dimse_timeout: float = Field(default=60.0, gt=0)
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
     max_find_results: int = Field(default=0, ge=0)
+    # Load balancers (addresses or networks) that send a PROXY v2 header with the client's
+    # address; from them the header is required, from anyone else it is never read.
+    trusted_proxies: list[str] = Field(default_factory=list)
 
     @field_validator("max_pdu")
     @classmethod
@@ -73,7 +76,7 @@ class DicomSettings(_Section):
         ipaddress.ip_address(v)
         return v
 
-    @field_validator("cleartext_networks")
+    @field_validator("cleartext_networks", "trusted_proxies")
     @classmethod
     def _networks(cls, v: list[str]) -> list[str]:
         for net in v:
@@ -222,6 +225,8 @@ class WebSettings(_Section):
     max_query_results: int = Field(default=100000, ge=1)  # the most ?limit may ask
     # Origins allowed to call DICOMweb with a token (an OHIF deployment elsewhere).
     cors_origins: list[str] = Field(default_factory=list)
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For names the client.
+    trusted_proxies: list[str] = Field(default_factory=list)
     # OpenID Connect bearer tokens: issuer URL, audience, JWKS URL (default from the
     # issuer's discovery document), the claim naming roles, and claim value -> role.
     oidc_issuer: str = ""
@@ -229,6 +234,13 @@ class WebSettings(_Section):
     oidc_jwks_url: str = ""
     oidc_role_claim: str = "roles"
     oidc_roles: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        for net in v:
+            ipaddress.ip_network(net, strict=False)
+        return v
 
 
 class Settings(_Section):
@@ -338,6 +350,12 @@ duplicate_policy = "{d.duplicate_policy.value}"
 # Cap on C-FIND matches per query (0: no cap). Matches past the cap are not sent
 # and the query ends with failure 0xA700 (out of resources).
 max_find_results = {d.max_find_results}
+# TCP load balancers in front of this node (addresses or networks, e.g.
+# ["10.0.0.5"]): they must send a PROXY protocol v2 header (HAProxy
+# `send-proxy-v2`) carrying the client's address, which the peer allowlist, the
+# cleartext networks and the admission limits then use. Connections from them
+# without the header are closed; from other addresses the header is never read.
+trusted_proxies = []
 
 [tls]
 # DICOM over TLS: TLS 1.2+ (1.3 preferred), forward-secret AEAD suites only.
@@ -431,6 +449,10 @@ query_page_size = 1000
 max_query_results = 100000
 # Other origins allowed to use DICOMweb with a token, e.g. ["https://ohif.example.org"].
 cors_origins = []
+# Reverse proxies in front of this node (addresses or networks) that terminate HTTPS
+# and name the client in X-Forwarded-For (lockouts and the audit trail use it).
+# Empty: X-Forwarded-For is ignored, whoever sends it.
+trusted_proxies = []
 # OpenID Connect bearer tokens (empty issuer: off). Roles come from oidc_role_claim,
 # mapped by oidc_roles, e.g. {{ "pacs-radiologists" = "radiologist" }}.
 oidc_issuer = ""

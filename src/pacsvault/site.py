@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import ssl
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -33,7 +34,13 @@ from pacsvault.security.identity import Principal
 from pacsvault.security.oidc import OidcVerifier
 from pacsvault.security.policy import AccessPolicy
 from pacsvault.security.secrets import pseudonymizer
-from pacsvault.security.tls import SERVER_CERT, SERVER_KEY, LocalCA, server_context
+from pacsvault.security.tls import (
+    SERVER_CERT,
+    SERVER_KEY,
+    LocalCA,
+    expiry_note,
+    server_context,
+)
 from pacsvault.storage.admin import Administration
 from pacsvault.storage.archive import Archive
 from pacsvault.storage.audit import AuditTrail
@@ -58,6 +65,29 @@ def _oidc(settings: Settings) -> OidcVerifier | None:
         return None
     return OidcVerifier(web.oidc_issuer, web.oidc_audience, jwks_url=web.oidc_jwks_url,
                         role_claim=web.oidc_role_claim, roles=web.oidc_roles)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A listener as the settings (with ``serve``'s overrides) describe it."""
+
+    kind: str  # dicom, dicom-tls, https, http-redirect
+    address: str
+    port: int
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class SiteStatus:
+    """The site at a glance (``pacsvault status``, ``GET /api/status``): never patient data."""
+
+    counts: dict[str, int]  # patients, studies, series, instances, bytes
+    identity_conflicts: int  # studies whose patient name or birth date differs from the first
+    listeners: list[Listener]
+    certificate: str  # the TLS server certificate's expiry, or why it cannot be read
+    peers: int
+    users: int
+    lockouts: list[str]  # the keys locked out now
 
 
 def index_url(data_dir: Path, settings: Settings) -> str:
@@ -182,6 +212,29 @@ class Site:
         if tls.cert_file:
             return Path(tls.cert_file), Path(tls.key_file)
         return self.ca.dir / SERVER_CERT, self.ca.dir / SERVER_KEY
+
+    def status(self) -> SiteStatus:
+        """Counts, listeners, certificate, peers, users and lockouts."""
+        d, t, w = self.settings.dicom, self.settings.tls, self.settings.web
+        try:
+            certificate = expiry_note(self.tls_files()[0])
+        except (OSError, ValueError):
+            certificate = "certificate missing or unreadable"
+        redirect = w.enabled and bool(w.http_redirect_port)
+        return SiteStatus(
+            counts=self.archive.statistics(),
+            identity_conflicts=self.index.identity_conflicts(),
+            listeners=[
+                Listener("dicom", d.bind, d.port, d.cleartext),
+                Listener("dicom-tls", d.bind, t.port, t.enabled),
+                Listener("https", d.bind, w.port, w.enabled),
+                Listener("http-redirect", d.bind, w.http_redirect_port, redirect),
+            ],
+            certificate=certificate,
+            peers=len(self.peers.list()),
+            users=len(self.users.list()),
+            lockouts=[e.key for e in self.lockout.entries()],
+        )
 
     def tls_context(self) -> ssl.SSLContext:
         """The server TLS context (BCP 195), trusting the local CA and configured CAs."""

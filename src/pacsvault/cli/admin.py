@@ -137,12 +137,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
         print("no tokens")
     now = time.time()
     for t in records:
-        if t.revoked_at is not None:
-            state = "revoked"
-        elif t.expires_at is not None and t.expires_at < now:
-            state = "expired"
-        else:
-            state = "active"
+        state = t.state(now)
         until = (
             time.strftime("%Y-%m-%d %H:%M", time.localtime(t.expires_at)) if t.expires_at else "-"
         )

@@ -19,40 +19,28 @@ from pacsvault.security.audit_log import LogContents, read_copy
 from pacsvault.security.audit_message import audit_message
 from pacsvault.security.audit_verify import Evidence, Verdict, check
 from pacsvault.site import Site, open_site
-from pacsvault.storage.audit import AuditQuery
+from pacsvault.storage.audit import AuditFilters, parse_time
 
 
 def _time(text: str) -> float:
     try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            "use ISO 8601, e.g. 2026-11-23 or 2026-11-23T10:00"
-        ) from None
-    if value.tzinfo is None:
-        value = value.astimezone()
-    return value.timestamp()
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
 
 
+def _filters(args: argparse.Namespace) -> AuditFilters:
+    """The command line's filters."""
+    return AuditFilters(**{f: getattr(args, f, None) for f in AuditFilters.__dataclass_fields__})
+
+
 def _search(args: argparse.Namespace, site: Site) -> list[dict[str, Any]]:
     """The records matching the command line's filters, in chain order."""
-    patient = getattr(args, "patient", None)
-    return site.audit.search(
-        AuditQuery(
-            user=getattr(args, "user", None),
-            peer=getattr(args, "peer", None),
-            patient_ref=site.archive.pseudonyms.ref(patient) if patient else None,
-            study=getattr(args, "study", None),
-            action=getattr(args, "action", None),
-            outcome=getattr(args, "outcome", None),
-            since=getattr(args, "since", None),
-            until=getattr(args, "until", None),
-        )
-    )
+    return site.audit.search(_filters(args).query(site.archive.pseudonyms))
 
 
 def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -159,12 +147,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.audit_cmd == "who-accessed":
             rows = [r for r in rows if r["action"] in DISCLOSURES]
         # The patient ID itself is never written down, only that a lookup happened.
-        used = [k for k in ("user", "peer", "patient", "study", "action", "outcome",
-                            "since", "until") if getattr(args, k, None)]  # fmt: skip
-        site.audit.record(
-            Action.AUDIT_USE, Outcome.SUCCESS, site.operator().actor,
-            detail=f"{args.audit_cmd} by {','.join(used) or 'nothing'}: {len(rows)} records",
-        )  # fmt: skip
+        site.audit.record(Action.AUDIT_USE, Outcome.SUCCESS, site.operator().actor,
+                          detail=_filters(args).describe(args.audit_cmd, len(rows)))  # fmt: skip
     _print(rows, getattr(args, "json", False))
     return 0
 

@@ -167,46 +167,41 @@ def _where_blobs(site: Site) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     """Print counts, listeners, peers and lockouts; never a patient's name or ID."""
     with open_site(args.data_dir) as site:
-        stats = site.archive.statistics()
-        d, t = site.settings.dicom, site.settings.tls
-        print(f"data directory: {args.data_dir}")
-        print(f"index: {_where_index(site)}")
-        print(f"objects: {_where_blobs(site)}")
-        for key in ("patients", "studies", "series", "instances"):
-            print(f"{key}: {stats[key]}")
-        print(f"bytes: {stats['bytes']}")
-        # Studies whose patient name or birth date differs from their PatientID's first study.
-        print(f"patient identity conflicts: {site.index.identity_conflicts()}")
-        if d.cleartext:
-            exposure = (
-                "loopback only"
-                if is_loopback(d.bind)
-                else f"cleartext allowed from {', '.join(d.cleartext_networks)}"
-            )
-            print(f"DICOM listener: AE {d.ae_title} on {d.bind}:{d.port} ({exposure})")
-        else:
-            print("DICOM listener: cleartext disabled")
-        if t.enabled:
-            cert, _key = site.tls_files()
-            try:
-                note = expiry_note(cert)
-            except (OSError, ValueError):
-                note = "certificate missing or unreadable"
-            print(f"DICOM-TLS listener: AE {d.ae_title} on {d.bind}:{t.port}; certificate {note}")
-        else:
-            print("DICOM-TLS listener: disabled")
-        w = site.settings.web
-        if w.enabled:
-            redirect = (
-                f", HTTP redirect on port {w.http_redirect_port}" if w.http_redirect_port else ""
-            )
-            print(f"HTTPS listener: {d.bind}:{w.port} (DICOMweb at /dicom-web){redirect}")
-        else:
-            print("HTTPS listener: disabled")
-        print(f"peers: {len(site.peers.list())}, users: {len(site.users.list())}")
-        locked = site.lockout.entries()
-        if locked:
-            print(f"locked out: {', '.join(e.key for e in locked)}")
+        status = site.status()
+        d = site.settings.dicom
+        where = (_where_index(site), _where_blobs(site))
+    listener = {x.kind: x for x in status.listeners}
+    print(f"data directory: {args.data_dir}")
+    print(f"index: {where[0]}")
+    print(f"objects: {where[1]}")
+    for key in ("patients", "studies", "series", "instances", "bytes"):
+        print(f"{key}: {status.counts[key]}")
+    # Studies whose patient name or birth date differs from their PatientID's first study.
+    print(f"patient identity conflicts: {status.identity_conflicts}")
+    dicom, tls, https = listener["dicom"], listener["dicom-tls"], listener["https"]
+    if dicom.enabled:
+        exposure = (
+            "loopback only"
+            if is_loopback(dicom.address)
+            else f"cleartext allowed from {', '.join(d.cleartext_networks)}"
+        )
+        print(f"DICOM listener: AE {d.ae_title} on {dicom.address}:{dicom.port} ({exposure})")
+    else:
+        print("DICOM listener: cleartext disabled")
+    if tls.enabled:
+        print(f"DICOM-TLS listener: AE {d.ae_title} on {tls.address}:{tls.port}; "
+              f"certificate {status.certificate}")  # fmt: skip
+    else:
+        print("DICOM-TLS listener: disabled")
+    if https.enabled:
+        redirect = listener["http-redirect"]
+        more = f", HTTP redirect on port {redirect.port}" if redirect.enabled else ""
+        print(f"HTTPS listener: {https.address}:{https.port} (DICOMweb at /dicom-web){more}")
+    else:
+        print("HTTPS listener: disabled")
+    print(f"peers: {status.peers}, users: {status.users}")
+    if status.lockouts:
+        print(f"locked out: {', '.join(status.lockouts)}")
     return 0
 
 

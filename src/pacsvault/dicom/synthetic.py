@@ -10,6 +10,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
@@ -158,3 +159,105 @@ def to_bytes(ds: Dataset) -> bytes:
     buf = BytesIO()
     dcmwrite(buf, ds, enforce_file_format=True)
     return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Phantom:
+    """A CT phantom of known geometry, for viewer tests and benchmarks.
+
+    Axial slices (ImageOrientationPatient 1\\0\\0\\0\\1\\0) of *size* x *size* pixels of
+    *pixel_spacing* mm, *slice_spacing* mm apart. Air (-1000 HU) around a water-like
+    disk (*disk_hu*) of *disk_mm* diameter centred in the image, with three round inserts
+    of *insert_mm* diameter, their centres *insert_offset_mm* from the image centre: bone
+    to the patient's left (image right), lung to the patient's right (image left), fat
+    towards the patient's anterior (image top). Stored values are HU + 1024, unsigned
+    12-bit (RescaleIntercept -1024), as many scanners write them. InstanceNumber 1 is
+    the top slice (the highest z), the order a head-first axial scan has.
+    """
+
+    slices: int = 300
+    size: int = 512
+    pixel_spacing: float = 0.5
+    slice_spacing: float = 1.0
+    disk_mm: float = 100.0
+    insert_mm: float = 20.0
+    insert_offset_mm: float = 30.0
+    air_hu: int = -1000
+    disk_hu: int = 40
+    bone_hu: int = 1000
+    lung_hu: int = -700
+    fat_hu: int = -100
+    intercept: int = -1024
+
+    def centre(self, insert: str) -> tuple[float, float]:
+        """(column, row) in continuous image coordinates of the centre of *insert*:
+        ``disk``, ``bone``, ``lung`` or ``fat`` (pixel (c, r) covers [c, c+1) x [r, r+1))."""
+        mid = self.size / 2
+        step = self.insert_offset_mm / self.pixel_spacing
+        dx, dy = {"disk": (0, 0), "bone": (step, 0), "lung": (-step, 0), "fat": (0, -step)}[insert]
+        return mid + dx, mid + dy
+
+    def hu(self) -> Any:
+        """One slice's values in HU (a numpy int16 array, rows by columns)."""
+        import numpy as np
+
+        centres = np.arange(self.size) + 0.5
+        xs, ys = np.meshgrid(centres, centres)
+        out = np.full((self.size, self.size), self.air_hu, dtype=np.int16)
+
+        def inside(insert: str, diameter_mm: float) -> Any:
+            cx, cy = self.centre(insert)
+            radius = diameter_mm / 2 / self.pixel_spacing
+            return (xs - cx) ** 2 + (ys - cy) ** 2 <= radius**2
+
+        out[inside("disk", self.disk_mm)] = self.disk_hu
+        for insert, value in (("bone", self.bone_hu), ("lung", self.lung_hu),
+                              ("fat", self.fat_hu)):  # fmt: skip
+            out[inside(insert, self.insert_mm)] = value
+        return out
+
+    def datasets(
+        self,
+        *,
+        patient_name: str = "PHANTOM^CT",
+        patient_id: str = "PHANTOM-1",
+        study_date: str = "20240101",
+        study_uid: str | None = None,
+        series_uid: str | None = None,
+        referring: str = "",
+        accession: str = "PH0001",
+        series_number: int = 1,
+        series_description: str = "Phantom axial",
+    ) -> Iterator[Dataset]:
+        """The slices, InstanceNumber 1 first (each its own Dataset with file meta)."""
+        study_uid = study_uid or generate_uid()
+        series_uid = series_uid or generate_uid()
+        stored = (self.hu().astype("int32") - self.intercept).astype("<u2").tobytes()
+        half = self.size * self.pixel_spacing / 2
+        for i in range(self.slices):
+            ds = image(
+                patient_id=patient_id, patient_name=patient_name, birth_date="19700101",
+                sex="O", study_uid=study_uid, study_date=study_date, study_time="080000",
+                accession=accession, study_description="CT phantom", series_uid=series_uid,
+                series_number=series_number, modality="CT", instance_number=i + 1, rows=1,
+                columns=1,
+            )  # fmt: skip
+            ds.ReferringPhysicianName = referring
+            ds.SeriesDescription = series_description
+            ds.Rows = ds.Columns = self.size
+            ds.PixelSpacing = [self.pixel_spacing, self.pixel_spacing]
+            ds.SliceThickness = self.slice_spacing
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+            ds.ImagePositionPatient = [
+                -half + self.pixel_spacing / 2, -half + self.pixel_spacing / 2,
+                -i * self.slice_spacing,
+            ]  # fmt: skip
+            ds.SliceLocation = -i * self.slice_spacing
+            ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[study_uid, "frame"])
+            ds.RescaleIntercept = self.intercept
+            ds.RescaleSlope = 1
+            ds.RescaleType = "HU"
+            ds.WindowCenter = 40
+            ds.WindowWidth = 400
+            ds.PixelData = stored
+            yield ds

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from pacsvault.config import DicomSettings
 from pacsvault.dimse.association import Limits, accept
 from pacsvault.dimse.handlers import DimseServices
+from pacsvault.dimse.proxy_header import ProxyHeaderError, is_trusted, read_client_address
 from pacsvault.security.peers import Peer
 from pacsvault.security.policy import AccessPolicy
 from pacsvault.storage.archive import Archive
@@ -169,17 +170,41 @@ class DicomServer:
                 self._ids += 1
                 conn_id = self._ids
             address = _address(addr[0])
-            self.admission.arrive(conn_id, address, sock)
+            proxied = is_trusted(address, self.settings.trusted_proxies)
+            if not proxied:
+                self.admission.arrive(conn_id, address, sock)
             threading.Thread(
                 target=self._serve,
-                args=(conn_id, sock, address, tls),
+                args=(conn_id, sock, address, tls, proxied),
                 name=f"dicom-conn-{conn_id}",
                 daemon=True,
             ).start()
 
+    def _client_behind(self, sock: socket.socket, balancer: str) -> str | None:
+        """The client address a trusted balancer sent, or None (connection closed)."""
+        try:
+            client = read_client_address(sock, self.settings.acse_timeout)
+        except (ProxyHeaderError, OSError) as exc:
+            log.warning("connection from balancer %s refused: %s", balancer, exc)
+            with contextlib.suppress(OSError):
+                sock.close()
+            return None
+        return _address(client) if client else balancer
+
     def _serve(
-        self, conn_id: int, sock: socket.socket, address: str, tls: ssl.SSLContext | None
+        self,
+        conn_id: int,
+        sock: socket.socket,
+        address: str,
+        tls: ssl.SSLContext | None,
+        proxied: bool = False,
     ) -> None:
+        if proxied:
+            client = self._client_behind(sock, address)
+            if client is None:
+                return
+            address = client
+            self.admission.arrive(conn_id, address, sock)
         try:
             assoc = accept(
                 sock,

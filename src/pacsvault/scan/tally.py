@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 IDENTIFYING = ("PatientName", "PatientBirthDate", "PatientID", "ReferringPhysicianName",
                "AccessionNumber", "StudyDescription")  # fmt: skip
 
+
 @dataclass
 class Tally:
     """Counts gathered from study answers; identifiers only as salted hashes in memory."""

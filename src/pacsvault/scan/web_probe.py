@@ -37,9 +37,7 @@ def _json(reply: Reply | None) -> object:
         return None
 
 
-def _orthanc(
-    base: str, where: str, timeout: float
-) -> tuple[list[Finding], dict[str, Count], bool]:
+def _orthanc(base: str, where: str, timeout: float) -> tuple[list[Finding], dict[str, Count], bool]:
     """EXP-WEB-01/-03: Orthanc's REST API open, with its native counters when readable.
 
     Returns the findings, the counts, and whether ``/system`` asked for a login.

@@ -55,6 +55,10 @@ class PeerError(ValueError):
     """Invalid peer definition or unknown peer."""
 
 
+class UnknownPeer(PeerError):
+    """There is no peer of that name."""
+
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 

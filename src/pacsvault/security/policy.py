@@ -162,6 +162,10 @@ class AssociationRequest:
     identity: IdentityClaim | None = None
 
 
+#: Seconds between two writes of a token's last use (`token list` shows it).
+TOKEN_USE_RESOLUTION = 60.0
+
+
 class AccessPolicy:
     """Decides every request, DIMSE and HTTP alike (see the module docstring)."""
 
@@ -409,9 +413,7 @@ class AccessPolicy:
         self.audit.record(Action.LOGIN, Outcome.SUCCESS, principal.actor, detail="web login")
         return principal
 
-    def _login_refused(
-        self, name: str, address: str, why: str, *, count: bool = True
-    ) -> Refusal:
+    def _login_refused(self, name: str, address: str, why: str, *, count: bool = True) -> Refusal:
         log.warning("login refused from %s: %s", address, why)
         self.audit.record(Action.LOGIN, Outcome.REFUSED, Actor.unknown(address, None),
                           detail=why, best_effort=True)  # fmt: skip
@@ -421,7 +423,18 @@ class AccessPolicy:
 
     def authenticate_session(self, secret: str, address: str) -> Principal | Refusal:
         """The user of a browser session cookie, if the session is alive (idle and absolute
-        limits); the session's last use is updated."""
+        limits); the session's last use is updated, at most every ``session_idle / 50``
+        seconds (10 s at most): a viewer fetching hundreds of frames a second does not
+        write the session hundreds of times, and the idle limit is still kept to 2%.
+        A refusal is audited (it does not count towards a lockout: a session secret
+        cannot be guessed, and an expired one is no attack)."""
+        outcome = self._session(secret, address)
+        if isinstance(outcome, Refusal):
+            self.audit.record(Action.LOGIN, Outcome.REFUSED, Actor.unknown(address, None),
+                              detail=f"session: {outcome.why}", best_effort=True)  # fmt: skip
+        return outcome
+
+    def _session(self, secret: str, address: str) -> Principal | Refusal:
         if self.web is None or self.identities is None:
             return Refusal(RefusalReason.IDENTITY, "no web sessions here")
         id_hash = tokens.digest(secret)
@@ -432,7 +445,8 @@ class AccessPolicy:
         user = self.identities.users.get(record.user_name)
         if user is None or user.disabled:
             return Refusal(RefusalReason.IDENTITY, "the session's user is disabled")
-        self.web.touch_session(id_hash, now)
+        if now - record.last_seen >= min(10.0, self.session_idle / 50):
+            self.web.touch_session(id_hash, now)
         return self.user_principal(user, address, Proof.SESSION)
 
     def authenticate_bearer(self, token: str, address: str) -> Principal | Refusal:
@@ -461,14 +475,16 @@ class AccessPolicy:
         now = time.time()
         if record is None or not tokens.same_secret(secret, record.secret_hash):
             return Refusal(RefusalReason.IDENTITY, "unknown token")
-        if record.revoked_at is not None:
-            return Refusal(RefusalReason.IDENTITY, f"token {token_id} was revoked")
-        if record.expires_at is not None and now > record.expires_at:
-            return Refusal(RefusalReason.IDENTITY, f"token {token_id} expired")
+        state = record.state(now)
+        if state != "active":
+            why = "was revoked" if state == "revoked" else "expired"
+            return Refusal(RefusalReason.IDENTITY, f"token {token_id} {why}")
         user = self.identities.users.get(record.user_name)
         if user is None or user.disabled:
             return Refusal(RefusalReason.IDENTITY, "the token's user is disabled")
-        self.web.token_used(token_id, now)
+        # Last use is for `token list`, to the minute: not a write on every request.
+        if record.last_used_at is None or now - record.last_used_at >= TOKEN_USE_RESOLUTION:
+            self.web.token_used(token_id, now)
         base = self.user_principal(user, address, Proof.TOKEN)
         return Principal(base.actor, base.permissions & tokens.SCOPE_PERMISSIONS[record.scope],
                          base.proofs, None, user)  # fmt: skip

@@ -13,10 +13,14 @@ import re
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 from pacsvault.security.identity import Permission
 
 _TOKEN_RE = re.compile(r"^pvt_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+
+#: What a token is at a given time: it works only while active.
+TokenState = Literal["active", "revoked", "expired"]
 
 
 class TokenScope(StrEnum):
@@ -105,3 +109,11 @@ class TokenRecord:
     expires_at: float | None
     revoked_at: float | None
     last_used_at: float | None
+
+    def state(self, now: float) -> TokenState:
+        """Whether the token still works at *now*: revoked, expired or active."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and now > self.expires_at:
+            return "expired"
+        return "active"

@@ -34,6 +34,10 @@ class UserError(ValueError):
     """Invalid user operation (unknown user, bad name or role...)."""
 
 
+class UnknownUser(UserError):
+    """There is no user of that name."""
+
+
 @dataclass(frozen=True)
 class User:
     name: str

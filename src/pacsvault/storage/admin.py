@@ -19,11 +19,12 @@ from pacsvault.dicom.uids import require_uid
 from pacsvault.security import totp
 from pacsvault.security.audit import Action, Outcome
 from pacsvault.security.identity import Permission, Principal
-from pacsvault.security.peers import Peer, PeerError
+from pacsvault.security.peers import Peer, UnknownPeer
 from pacsvault.security.policy import AccessPolicy, NotPermitted
 from pacsvault.security.tls import LocalCA
 from pacsvault.security.tokens import NewToken, TokenScope, digest, new_token
 from pacsvault.security.users import (
+    UnknownUser,
     User,
     UserError,
     generate_password,
@@ -101,7 +102,7 @@ class Administration:
     def issue_peer_certificate(self, by: Principal, name: str, out: Path) -> list[Path]:
         """A client certificate from the local CA for peer *name*; the files written."""
         if self.peers.get(name) is None:
-            raise PeerError(f"no peer named '{name}'")
+            raise UnknownPeer(f"no peer named '{name}'")
         paths: list[Path] = []
 
         def issue(_conn: Connection) -> None:
@@ -214,7 +215,7 @@ class Administration:
     def _user(self, name: str) -> User:
         user = self.users.get(name)
         if user is None:
-            raise UserError(f"no user named '{name}'")
+            raise UnknownUser(f"no user named '{name}'")
         return user
 
     # -- lockouts -------------------------------------------------------------------------

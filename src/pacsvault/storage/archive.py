@@ -527,39 +527,70 @@ class Archive:
         cannot be written: no retrieve starts unrecorded.
         """
         permission = Permission.MOVE if destination else Permission.RETRIEVE
-        self._require(principal, permission, Action.RETRIEVE)
-        actor = principal.actor
-        found = self.index.instances_for(level, conditions, scope=self.policy.scope(principal))
-        per_study: dict[tuple[str, str], int] = {}
-        for inst in found:
-            key = (inst.study_instance_uid, inst.patient_id)
-            per_study[key] = per_study.get(key, 0) + 1
         to = f" to {destination}" if destination else ""
-        for (study_uid, patient_id), count in per_study.items():
-            self.audit.record(
-                Action.RETRIEVE,
-                Outcome.SUCCESS,
-                actor,
-                study_uid=study_uid,
-                patient_ref=self.pseudonyms.ref(patient_id),
-                detail=f"started: {count} instances{to}",
-            )
-        return found
+        return self._started(principal, permission, Action.RETRIEVE, level, conditions, to)
 
     def retrieved(
         self, principal: Principal, outcome: RetrieveOutcome, *, destination: str | None = None
     ) -> None:
         """Record what a retrieve actually sent, per study, when it ends."""
-        actor = principal.actor
         to = f" to {destination}" if destination else ""
-        for (study_uid, patient_id), (completed, failed, warning) in outcome.items():
+        self._ended(principal, Action.RETRIEVE, outcome, to)
+
+    def export(
+        self,
+        principal: Principal,
+        level: Level,
+        conditions: list[tuple[IndexAttribute, Condition]],
+        *,
+        what: str,
+    ) -> list[StoredInstance]:
+        """Like :meth:`retrieve`, for a download or an export (*what*: its form, e.g.
+        ``zip``): it needs the export permission and is audited as an export."""
+        return self._started(principal, Permission.EXPORT, Action.EXPORT, level, conditions,
+                             f" as {what}")  # fmt: skip
+
+    def exported(self, principal: Principal, outcome: RetrieveOutcome, *, what: str) -> None:
+        """Record what an export actually sent, per study, when it ends."""
+        self._ended(principal, Action.EXPORT, outcome, f" as {what}")
+
+    def _started(
+        self,
+        principal: Principal,
+        permission: Permission,
+        action: Action,
+        level: Level,
+        conditions: list[tuple[IndexAttribute, Condition]],
+        suffix: str,
+    ) -> list[StoredInstance]:
+        self._require(principal, permission, action)
+        found = self.index.instances_for(level, conditions, scope=self.policy.scope(principal))
+        per_study: dict[tuple[str, str], int] = {}
+        for inst in found:
+            key = (inst.study_instance_uid, inst.patient_id)
+            per_study[key] = per_study.get(key, 0) + 1
+        for (study_uid, patient_id), count in per_study.items():
             self.audit.record(
-                Action.RETRIEVE,
-                Outcome.SUCCESS if not failed else Outcome.WARNING,
-                actor,
+                action,
+                Outcome.SUCCESS,
+                principal.actor,
                 study_uid=study_uid,
                 patient_ref=self.pseudonyms.ref(patient_id),
-                detail=f"ended: completed {completed}, failed {failed}, warning {warning}{to}",
+                detail=f"started: {count} instances{suffix}",
+            )
+        return found
+
+    def _ended(
+        self, principal: Principal, action: Action, outcome: RetrieveOutcome, suffix: str
+    ) -> None:
+        for (study_uid, patient_id), (completed, failed, warning) in outcome.items():
+            self.audit.record(
+                action,
+                Outcome.SUCCESS if not failed else Outcome.WARNING,
+                principal.actor,
+                study_uid=study_uid,
+                patient_ref=self.pseudonyms.ref(patient_id),
+                detail=f"ended: completed {completed}, failed {failed}, warning {warning}{suffix}",
                 best_effort=True,  # what it describes has happened; the start was recorded
             )
 

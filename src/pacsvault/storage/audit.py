@@ -14,13 +14,14 @@ cleanly. ``security.audit_verify`` holds the rules that make all this evidence.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import Connection, insert, or_, select, update
@@ -45,6 +46,7 @@ from pacsvault.security.audit_keys import AuditSigner
 from pacsvault.security.audit_log import CheckpointLog, Entry, Run
 from pacsvault.security.audit_verify import Trail
 from pacsvault.security.identity import Actor
+from pacsvault.security.secrets import Pseudonymizer
 from pacsvault.storage import schema as s
 from pacsvault.storage.index import Index, after_commit, write_transaction
 
@@ -516,3 +518,56 @@ class AuditQuery:
     since: float | None = None
     until: float | None = None
     limit: int | None = None
+
+
+def parse_time(text: str) -> float:
+    """Seconds since the epoch of an ISO 8601 date or time (a date is its midnight; a
+    time without a zone is local time); ValueError if it is none or out of range."""
+    try:
+        value = dt.datetime.fromisoformat(text)
+        if value.tzinfo is None:
+            value = value.astimezone()
+        return value.timestamp()
+    except (ValueError, OverflowError, OSError):
+        raise ValueError("use ISO 8601, e.g. 2026-11-23 or 2026-11-23T10:00") from None
+
+
+@dataclass(frozen=True)
+class AuditFilters:
+    """An audit search as a person asks for it (``pacsvault audit search``, the admin API).
+
+    The patient is given by its ID, which is matched through the site's pseudonym of it
+    and never written down: the record of the search names the filters used, not their
+    values. Empty values filter nothing.
+    """
+
+    user: str | None = None
+    peer: str | None = None
+    patient: str | None = None
+    study: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    def query(self, pseudonyms: Pseudonymizer, limit: int | None = None) -> AuditQuery:
+        """The storage query: the patient ID becomes its pseudonym."""
+        return AuditQuery(
+            user=self.user or None,
+            peer=self.peer or None,
+            patient_ref=pseudonyms.ref(self.patient) if self.patient else None,
+            study=self.study or None,
+            action=self.action or None,
+            outcome=self.outcome or None,
+            since=self.since,
+            until=self.until,
+            limit=limit,
+        )
+
+    def used(self) -> list[str]:
+        """The names of the filters given."""
+        return [f.name for f in fields(self) if getattr(self, f.name) not in (None, "")]
+
+    def describe(self, verb: str, count: int) -> str:
+        """The detail of the audit record of this search (never a filter's value)."""
+        return f"{verb} by {','.join(self.used()) or 'nothing'}: {count} records"

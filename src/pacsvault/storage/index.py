@@ -689,16 +689,24 @@ class Index:
         raise TypeError(cond)
 
     def _codes_clause(self, attr: IndexAttribute, cond: Condition) -> ColumnElement[bool]:
+        """A study has one of the codes in any of its series (or instances).
+
+        The subquery reads aliases of the series and instances tables, so that only the
+        study correlates with a query at the series or instance level, which joins those
+        tables too.
+        """
         values = cond.values if isinstance(cond, AnyOf) else ()
+        series = s.series.alias("codes_series")
         if attr.keyword == "ModalitiesInStudy":
-            col = s.series.c.modality
-            sub = select(s.series.c.pk).where(s.series.c.study_pk == s.studies.c.pk)
+            col = series.c.modality
+            sub = select(series.c.pk).where(series.c.study_pk == s.studies.c.pk)
         else:
-            col = s.instances.c.sop_class_uid
+            instances = s.instances.alias("codes_instances")
+            col = instances.c.sop_class_uid
             sub = (
-                select(s.instances.c.pk)
-                .select_from(s.instances.join(s.series, s.instances.c.series_pk == s.series.c.pk))
-                .where(s.series.c.study_pk == s.studies.c.pk)
+                select(instances.c.pk)
+                .select_from(instances.join(series, instances.c.series_pk == series.c.pk))
+                .where(series.c.study_pk == s.studies.c.pk)
             )
         matchers = [
             col.like(_like_pattern(v), escape="\\") if ("*" in v or "?" in v) else col == v

@@ -7,7 +7,7 @@ import time
 from sqlalchemy import Connection, Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from pacsvault.security.peers import Peer, PeerError, peer_from_row
+from pacsvault.security.peers import Peer, PeerError, UnknownPeer, peer_from_row
 from pacsvault.storage import schema as s
 
 
@@ -59,4 +59,4 @@ class PeerRepository:
     def delete(conn: Connection, name: str) -> None:
         """Remove the peer *name*; raises PeerError when there is none."""
         if conn.execute(delete(s.peers).where(s.peers.c.name == name)).rowcount == 0:
-            raise PeerError(f"no peer named '{name}'")
+            raise UnknownPeer(f"no peer named '{name}'")

@@ -9,7 +9,7 @@ from sqlalchemy import Connection, Engine, and_, delete, insert, or_, select, up
 from sqlalchemy.exc import IntegrityError
 
 from pacsvault.security.identity import physician_key
-from pacsvault.security.users import Role, User, UserError, verify_password
+from pacsvault.security.users import Role, UnknownUser, User, UserError, verify_password
 from pacsvault.storage import schema as s
 
 
@@ -74,6 +74,13 @@ class UserRepository:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt.order_by(sh.c.id)).mappings()]
 
+    def get_share(self, share_id: int) -> dict[str, Any] | None:
+        """The share *share_id*, in force or not (None if there is none)."""
+        stmt = select(s.shares).where(s.shares.c.id == share_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return dict(row) if row is not None else None
+
     # -- writes, inside the caller's transaction ------------------------------------------
 
     @staticmethod
@@ -94,7 +101,7 @@ class UserRepository:
             update(s.users).where(s.users.c.name == name).values(**values, updated_at=time.time())
         ).rowcount
         if not done:
-            raise UserError(f"no user named '{name}'")
+            raise UnknownUser(f"no user named '{name}'")
 
     @staticmethod
     def link(conn: Connection, name: str, physician: str) -> bool:

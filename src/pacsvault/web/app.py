@@ -1,4 +1,4 @@
-"""The HTTPS application: login, DICOMweb at /dicom-web, the admin API at /api.
+"""The HTTPS application: login, the viewer, DICOMweb at /dicom-web, the API at /api.
 
 One :class:`~pacsvault.site.Site` serves it, as it serves DIMSE: the same policy
 authenticates every request into a Principal (or answers 401), the same Archive
@@ -17,14 +17,22 @@ from pacsvault import __version__
 from pacsvault.security.audit import AuditUnavailable
 from pacsvault.security.policy import NotPermitted
 from pacsvault.site import Site
-from pacsvault.web import session
+from pacsvault.web import admin, export, session, viewer
 from pacsvault.web.auth import Sessions
+from pacsvault.web.deps import invalid_fields
 from pacsvault.web.dicomweb import pixels as dicomweb_pixels
 from pacsvault.web.dicomweb import routes as dicomweb_routes
 from pacsvault.web.middleware import install_middleware
 
 #: The routers every app includes; a new group of routes adds its router here.
-ROUTERS = [session.router, dicomweb_routes.router, dicomweb_pixels.router]
+ROUTERS = [
+    session.router,
+    viewer.router,
+    export.router,
+    dicomweb_routes.router,
+    dicomweb_pixels.router,
+    admin.router,
+]
 
 
 def create_app(site: Site) -> FastAPI:
@@ -45,8 +53,8 @@ def create_app(site: Site) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()[:5])
-        return JSONResponse({"detail": f"invalid request: {fields}"}, status_code=400)
+        return JSONResponse({"detail": f"invalid request: {invalid_fields(exc)}"},
+                            status_code=400)  # fmt: skip
 
     for router in ROUTERS:
         app.include_router(router)

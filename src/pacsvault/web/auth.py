@@ -4,9 +4,9 @@ Every route but ``/healthz`` and the login page needs one or the other. A sessio
 a cookie (``__Host-pv_session``: Secure, HttpOnly, SameSite=Strict, path /) whose
 secret is stored hashed, with idle and absolute limits; every state change made
 with a session must carry the session's CSRF token in ``X-CSRF-Token`` (the token is
-handed out at login and by ``GET /api/session``). Programs and viewers send
-``Authorization: Bearer`` instead, which needs no CSRF token since no browser
-attaches it on its own. The one AccessPolicy decides both.
+handed out at login and by ``GET /api/session``; a request without it is refused and
+audited). Programs and viewers send ``Authorization: Bearer`` instead, which needs no
+CSRF token since no browser attaches it on its own. The one AccessPolicy decides both.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
+from pacsvault.security.audit import Action
 from pacsvault.security.identity import Principal, Refusal
 from pacsvault.security.policy import AccessPolicy
 from pacsvault.security.tokens import digest, new_secret
@@ -96,5 +97,6 @@ def authenticate(request: Request, policy: AccessPolicy, sessions: Sessions) -> 
     if request.method not in SAFE_METHODS and not sessions.csrf_ok(
         secret, request.headers.get(CSRF_HEADER)
     ):
+        policy.refuse(outcome.actor, Action.LOGIN, "session request without its CSRF token")
         raise HTTPException(403, "missing or wrong CSRF token")
     return outcome

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pacsvault.config import WebSettings
 
@@ -38,21 +39,66 @@ SECURITY_HEADERS = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
 
-Handler = Callable[[Request], Awaitable[Response]]
 
+class LimitsAndHeaders:
+    """Pure ASGI middleware: the limits above, then the security headers on every response.
 
-def install_middleware(app: FastAPI, settings: WebSettings) -> None:
-    in_flight: Counter[str] = Counter()
-    lock = threading.Lock()
+    Pure ASGI rather than ``BaseHTTPMiddleware``: a streamed answer (a WADO-RS series)
+    passes through untouched, chunk by chunk, and the request counts against its
+    client's limit until its last byte is sent, not just until its headers are.
+    """
 
-    @app.middleware("http")
-    async def limits_and_headers(request: Request, call_next: Handler) -> Response:
-        client = request.client.host if request.client else "-"
-        header_bytes = sum(len(k) + len(v) + 4 for k, v in request.headers.raw)
-        header_bytes += len(request.url.path) + len(request.url.query)
+    def __init__(self, app: ASGIApp, settings: WebSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self.in_flight: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        client = scope["client"][0] if scope.get("client") else "-"
+        with self.lock:
+            busy = self.in_flight[client] >= self.settings.max_requests_per_client
+            if not busy:
+                self.in_flight[client] += 1
+        if busy:
+            await _error(429, "too many requests at once from this address",
+                         {"Retry-After": "1"})(scope, receive, send)  # fmt: skip
+            return
+        static = scope["path"].startswith("/static/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    if name not in headers:
+                        headers.append(name, value)
+                if not static and "cache-control" not in headers:
+                    headers.append("Cache-Control", "no-store")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            with self.lock:
+                self.in_flight[client] -= 1
+                if self.in_flight[client] <= 0:
+                    del self.in_flight[client]
+
+    def _refusal(self, scope: Scope) -> Response | None:
+        """431/413/400 for a request over the header or body limits, else None."""
+        settings = self.settings
+        header_bytes = sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+        header_bytes += len(scope["path"]) + len(scope.get("query_string", b""))
         if header_bytes > settings.max_header_bytes:
             return _error(431, f"request headers larger than {settings.max_header_bytes} bytes")
-        length = request.headers.get("content-length")
+        length = Headers(scope=scope).get("content-length")
         if length is not None:
             try:
                 too_big = int(length) > settings.max_body_bytes
@@ -60,28 +106,11 @@ def install_middleware(app: FastAPI, settings: WebSettings) -> None:
                 return _error(400, "invalid Content-Length")
             if too_big:
                 return _error(413, f"request body larger than {settings.max_body_bytes} bytes")
-        with lock:
-            if in_flight[client] >= settings.max_requests_per_client:
-                busy = True
-            else:
-                busy = False
-                in_flight[client] += 1
-        if busy:
-            return _error(429, "too many requests at once from this address",
-                          {"Retry-After": "1"})  # fmt: skip
-        try:
-            response = await call_next(request)
-        finally:
-            with lock:
-                in_flight[client] -= 1
-                if in_flight[client] <= 0:
-                    del in_flight[client]
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if not request.url.path.startswith("/static/"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
+        return None
 
+
+def install_middleware(app: FastAPI, settings: WebSettings) -> None:
+    app.add_middleware(LimitsAndHeaders, settings=settings)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,35 +1,38 @@
-"""The few HTML pages served before the viewer: the login form and a landing page.
+"""The HTML pages: the login form, the viewer's pages, and the not-found page.
 
-No inline script or style (the Content-Security-Policy forbids them); the form posts
-to ``/login`` with the browser's own form handling.
+Pages are templates in ``static/`` (markup only: no inline script or style, which the
+Content-Security-Policy forbids) and hold no patient data: the viewer's scripts fetch
+that through DICOMweb once the page is loaded. The login form posts to ``/login``
+with the browser's own form handling, so logging in needs no script.
 """
 
 from __future__ import annotations
 
 import html
 
-LOGIN = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>pacsvault: log in</title></head>
-<body>
-<main>
-<h1>pacsvault</h1>
-<form method="post" action="/login" autocomplete="off">
-<p><label>User name <input name="username" required autofocus maxlength="64"></label></p>
-<p><label>Password <input name="password" type="password" required maxlength="256"></label></p>
-<p><label>Code from your authenticator (if you use one)
-<input name="code" inputmode="numeric" maxlength="16"></label></p>
-<p><button type="submit">Log in</button></p>
-</form>
-</main>
-</body></html>
-"""
+from pacsvault.web import assets
 
 
-def home(user: str) -> str:
-    """The page a logged-in user lands on (the viewer replaces it)."""
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>pacsvault</title></head>
-<body><main><h1>pacsvault</h1><p>Logged in as {html.escape(user)}.</p></main></body></html>
-"""
+def login(next_path: str = "/", error: str = "") -> str:
+    """The login form; *next_path* (already checked to be local) is where it leads."""
+    message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    return (
+        assets.template("login.html")
+        .replace("{{next}}", html.escape(next_path, quote=True))
+        .replace("{{error}}", message)
+    )
+
+
+def viewer(name: str) -> str:
+    """A page of the viewer: ``list.html`` (the study list) or ``study.html``."""
+    return assets.template(name)
+
+
+def message(title: str, text: str) -> str:
+    """A page that only says something: a study not found (or that the caller may not
+    see: both look alike), a page the caller's role may not use."""
+    return (
+        assets.template("message.html")
+        .replace("{{title}}", html.escape(title))
+        .replace("{{message}}", html.escape(text))
+    )

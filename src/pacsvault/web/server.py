@@ -86,9 +86,14 @@ class WebServer:
         return uvicorn.Config(
             app,  # type: ignore[arg-type]
             log_config=None,
+            # h11: its incomplete-event limit bounds a request's headers before parsing.
+            http="h11",
+            loop="auto",  # uvloop when installed (a dependency on POSIX), else asyncio
             access_log=False,
             server_header=False,
-            proxy_headers=False,
+            # X-Forwarded-For only from the configured proxies, never from anyone else.
+            proxy_headers=bool(web.trusted_proxies),
+            forwarded_allow_ips=list(web.trusted_proxies) or None,
             h11_max_incomplete_event_size=web.max_header_bytes,
             timeout_keep_alive=30,
             timeout_graceful_shutdown=5,

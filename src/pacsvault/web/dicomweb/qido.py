@@ -48,6 +48,8 @@ PARENT_KEYS: dict[Level, tuple[str, ...]] = {
     Level.IMAGE: ("StudyInstanceUID", "SeriesInstanceUID"),
 }
 _CONTROL = {"includefield", "limit", "offset", "fuzzymatching"}
+#: The largest limit or offset: what the index's 64-bit integers hold.
+MAX_COUNT = 2**63 - 1
 
 
 def attribute(name: str) -> IndexAttribute:
@@ -132,6 +134,8 @@ def _count(name: str, text: str) -> int:
         raise HTTPException(400, f"{name} must be a whole number") from None
     if value < 0:
         raise HTTPException(400, f"{name} must not be negative")
+    if value > MAX_COUNT:
+        raise HTTPException(400, f"{name} must be at most {MAX_COUNT}")
     return value
 
 

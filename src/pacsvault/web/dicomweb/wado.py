@@ -38,6 +38,7 @@ from pacsvault.storage.index import StoredInstance
 log = logging.getLogger("pacsvault.web")
 
 CHUNK = 1024 * 1024
+AVAILABLE_TRANSFER_SYNTAX = "00083002"
 BULK_THRESHOLD = 1024
 _BULK_VRS = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "UN"))
 
@@ -219,11 +220,14 @@ def instance_metadata(
         f.seek(offset)
         ds = read_index_dataset(f, inst.transfer_syntax_uid)  # up to the pixel data
     out = dataset_json(ds, f"{url}/bulk")
+    # The stored transfer syntax (PS3.18 table 10.6.3-5), so that a viewer knows which
+    # frames come decompressed (YBR as RGB, interleaved) and which as stored.
+    out[AVAILABLE_TRANSFER_SYNTAX] = {"vr": "UI", "Value": [inst.transfer_syntax_uid]}
     if "Rows" in ds:  # an image: its pixel data is bulk data
         compressed = inst.transfer_syntax_uid not in UNCOMPRESSED
         vr = "OB" if compressed or int(ds.get("BitsAllocated", 16) or 16) <= 8 else "OW"
         out["7FE00010"] = {"vr": vr, "BulkDataURI": f"{url}/bulk/7FE00010"}
-    return out
+    return dict(sorted(out.items()))
 
 
 def dataset_json(ds: Dataset, bulk_base: str) -> dict[str, Any]:
