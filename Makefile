@@ -21,7 +21,7 @@ venv: $(BIN)/pacsvault
 debs:
 	scripts/ensure-debian-packages /usr/bin/storescu:dcmtk /usr/sbin/Orthanc:orthanc \
 	  /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb /usr/sbin/haproxy:haproxy \
-	  /usr/bin/chromium:chromium
+	  /usr/bin/chromium:chromium /usr/lib/postgresql/15/bin/initdb:postgresql
 
 test: venv debs
 	$(BIN)/ruff check . bench/ingest bench/find bench/web bench/viewer

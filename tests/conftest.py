@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import requests
 from pydicom.dataset import Dataset
 
 from pacsvault.dicom.synthetic import Spec, data_set
+from pg_server import pg_server_fixture, pg_url_fixture  # noqa: F401 (fixtures)
 from pynetdicom_fix import install as install_pynetdicom_fix
 
 install_pynetdicom_fix()
@@ -189,8 +191,14 @@ class Server:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def index(self) -> sqlite3.Connection:
-        """A read-only connection to the server's SQLite index."""
+    def index(self):  # type: ignore[no-untyped-def]
+        """A connection to the server's index: SQLite read-only, or PostgreSQL (psycopg:
+        the same ``conn.execute(sql).fetchall()``, ``%s`` for parameters)."""
+        url = index_url_of(self.data)
+        if url:
+            import psycopg
+
+            return psycopg.connect(url)
         return sqlite3.connect(f"file:{self.data / 'index.sqlite'}?mode=ro", uri=True)
 
     def audit(self) -> list[tuple[str, str, str | None, str | None, str | None]]:
@@ -199,6 +207,75 @@ class Server:
             return list(
                 conn.execute("SELECT action, outcome, actor, address, detail FROM audit_events")
             )
+
+
+#: The index databases every index test runs against.
+DATABASES = ("sqlite", "postgresql")
+
+
+def index_url_of(data: Path) -> str:
+    """The data directory's configured index URL ("" for its SQLite file)."""
+    settings = tomllib.loads((data / "pacsvault.toml").read_text())
+    return settings.get("index", {}).get("url") or settings.get("storage", {}).get("index_url", "")
+
+
+def index_args(request: pytest.FixtureRequest, database: str) -> list[str]:
+    """``init`` arguments that put a new data directory's index in *database*: nothing
+    for SQLite; for PostgreSQL a new database on the session's server, dropped when the
+    requesting fixture is torn down."""
+    if database == "sqlite":
+        return []
+    server = request.getfixturevalue("pg_server")
+    name = server.create_database()
+    request.addfinalizer(lambda: server.drop_database(name))
+    return ["--index-url", server.url(name)]
+
+
+@pytest.fixture(params=DATABASES)
+def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty index: a SQLite file, then a PostgreSQL database (see pg_server.py)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+class IndexDB:
+    """A read-write connection to a data directory's index, SQLite or PostgreSQL, for tests
+    that change it behind pacsvault's back: ``execute(sql, params)`` with ``?`` marks on
+    both; as a context manager it commits (or rolls back) and closes."""
+
+    def __init__(self, data: Path) -> None:
+        url = index_url_of(data)
+        self.postgres = bool(url)
+        if self.postgres:
+            import psycopg
+
+            self.conn = psycopg.connect(url)
+        else:
+            self.conn = sqlite3.connect(data / "index.sqlite")
+
+    def execute(self, sql: str, params: tuple = ()):  # type: ignore[no-untyped-def]
+        if self.postgres:
+            return self.conn.execute(sql.replace("?", "%s"), params)
+        return self.conn.execute(sql, params)
+
+    def __enter__(self) -> IndexDB:
+        return self
+
+    def __exit__(self, exc_type, *_exc) -> None:  # type: ignore[no-untyped-def]
+        if exc_type is None:
+            self.conn.commit()
+        else:
+            self.conn.rollback()
+        self.conn.close()
+
+
+@pytest.fixture(params=DATABASES)
+def any_data_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """An initialised data directory whose index is SQLite, then PostgreSQL."""
+    data = tmp_path / "data"
+    cli(data, "init", "--aet", SERVER_AET, *index_args(request, request.param))
+    return data
 
 
 @pytest.fixture

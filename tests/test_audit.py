@@ -13,14 +13,16 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from conftest import CLIENT_AET, SERVER_AET, cli, dcmtk
+from conftest import CLIENT_AET, SERVER_AET, IndexDB, cli, dcmtk
 from pacsvault.security.audit import record_hash
 from pacsvault.security.tls import LocalCA
 
 
 @pytest.fixture
-def trail(data_dir: Path) -> Path:
-    """A data directory with a few dozen audit records (init, demo load, peer changes)."""
+def trail(any_data_dir: Path) -> Path:
+    """A data directory with a few dozen audit records (init, demo load, peer changes),
+    its index in SQLite, then PostgreSQL."""
+    data_dir = any_data_dir
     cli(data_dir, "demo", "--patients", "2")
     for n in range(3):
         cli(
@@ -42,8 +44,9 @@ def verify(data: Path):
     return cli(data, "audit", "verify", check=False)
 
 
-def db(data: Path) -> sqlite3.Connection:
-    return sqlite3.connect(data / "index.sqlite")
+def db(data: Path) -> IndexDB:
+    """The data directory's index (SQLite or PostgreSQL), to tamper with."""
+    return IndexDB(data)
 
 
 def test_untouched_trail_verifies(trail: Path) -> None:
@@ -75,7 +78,8 @@ def test_swapped_records_are_pinpointed(trail: Path) -> None:
         }
         (id9,) = [i for i, r in rows.items() if r[1] == 9]
         (id10,) = [i for i, r in rows.items() if r[1] == 10]
-        cols = [c[1] for c in conn.execute("PRAGMA table_info(audit_events)") if c[1] != "id"]
+        described = conn.execute("SELECT * FROM audit_events WHERE 1 = 0").description
+        cols = [c[0] for c in described if c[0] != "id"]
         r9 = conn.execute(
             f"SELECT {','.join(cols)} FROM audit_events WHERE id=?", (id9,)
         ).fetchone()

@@ -10,13 +10,13 @@ from __future__ import annotations
 import base64
 import json
 import re
-import sqlite3
+import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from conftest import CLIENT_AET, SERVER_AET, cli, dcmtk
+from conftest import CLIENT_AET, SERVER_AET, IndexDB, cli, dcmtk
 from pacsvault.security.audit import checkpoint_statement, record_hash
 from pacsvault.security.audit_keys import AuditSigner
 from pacsvault.security.tls import LocalCA
@@ -33,8 +33,9 @@ def verify(data: Path, *extra: str):
     return cli(data, "audit", "verify", *extra, check=False)
 
 
-def db(data: Path) -> sqlite3.Connection:
-    return sqlite3.connect(data / "index.sqlite")
+def db(data: Path) -> IndexDB:
+    """The data directory's index (SQLite or PostgreSQL), to tamper with."""
+    return IndexDB(data)
 
 
 def set_checkpoint_every(data: Path, n: int) -> None:
@@ -45,8 +46,10 @@ def set_checkpoint_every(data: Path, n: int) -> None:
 
 
 @pytest.fixture
-def trail(data_dir: Path) -> Path:
-    """A data directory whose trail has several signed checkpoints (one every 5 records)."""
+def trail(any_data_dir: Path) -> Path:
+    """A data directory whose trail has several signed checkpoints (one every 5 records),
+    its index in SQLite, then PostgreSQL."""
+    data_dir = any_data_dir
     set_checkpoint_every(data_dir, 5)
     cli(data_dir, "demo", "--patients", "2")
     for n in range(4):
@@ -55,13 +58,13 @@ def trail(data_dir: Path) -> Path:
     return data_dir
 
 
-def reset_head(conn: sqlite3.Connection) -> None:
+def reset_head(conn: IndexDB) -> None:
     """Point ``audit_head`` at the last record left (what an attacker does after a cut)."""
     row = conn.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
     conn.execute("UPDATE meta SET value=? WHERE key='audit_head'", (f"{row[0]}:{row[1]}",))
 
 
-def rechain_from(conn: sqlite3.Connection, seq: int) -> dict[int, str]:
+def rechain_from(conn: IndexDB, seq: int) -> dict[int, str]:
     """Recompute the hash of record *seq* and every later one, and the head; new hashes."""
     (prev,) = conn.execute("SELECT hash FROM audit_events WHERE seq=?", (seq - 1,)).fetchone()
     rows = conn.execute(
@@ -346,3 +349,58 @@ def test_checkpoints_are_forwarded_to_syslog(data_dir: Path, make_server, tmp_pa
     out = verify(data_dir, "--checkpoints", str(copy))
     assert out.returncode == 1 and "missing from the index" in out.stdout, out.stdout
     assert not any("PV0" in m for m in receiver.messages)
+
+
+def test_two_nodes_on_one_postgresql_index_keep_a_chain_each(pg_url: str, tmp_path: Path) -> None:
+    """Two data directories (the second a copy of the first, as a new node is made) share
+    one PostgreSQL index with their own index.node: each writes its own chain, both verify,
+    a node's log checks its chain from the other node, and a cut or a deleted chain shows."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    cli(a, "init", "--aet", SERVER_AET, "--index-url", pg_url)
+    set_checkpoint_every(a, 5)
+    shutil.copytree(a, b)  # the same secrets (audit key, pseudonyms) and TLS material
+    settings = b / "pacsvault.toml"
+    settings.write_text(settings.read_text().replace('node = ""', 'node = "b"', 1))
+    for node, seed in ((a, "1"), (b, "2"), (a, "3")):
+        cli(node, "demo", "--patients", "1", "--seed", seed)
+        cli(node, "peer", "add", f"p{seed}", "--aet", f"P{seed}", "--host", "10.0.0.1",
+            "--allow", "echo")  # fmt: skip
+    for node in (a, b):
+        out = verify(node)
+        assert out.returncode == 0, out.stdout
+        intact = r"audit trail intact: \d+ records, \d+ checkpoints in 2 chains"
+        assert re.search(intact, out.stdout), out.stdout
+    assert "patients: 3" in cli(b, "status").stdout
+    with db(a) as conn:
+        chains = dict(conn.execute("SELECT chain, count(*) FROM audit_events GROUP BY chain"))
+        assert set(chains) == {"", "b"} and chains["b"] >= 10
+        (announcement,) = conn.execute(
+            "SELECT detail FROM audit_events WHERE chain = '' AND action = 'audit-chain'"
+        ).fetchone()
+        assert announcement.startswith("audit chain b started, genesis ")
+    b_log = tmp_path / "b-checkpoints.log"
+    cli(b, "audit", "export-checkpoints", "--out", str(b_log))
+    assert verify(a, "--checkpoints", str(b_log)).returncode == 0
+
+    # Node b's tail cut, with its checkpoints and a forged head: b's log, here or as a copy.
+    with db(a) as conn:
+        conn.execute("DELETE FROM audit_events WHERE chain = 'b' AND seq > 4")
+        conn.execute("DELETE FROM audit_checkpoints WHERE chain = 'b' AND seq > 4")
+        (seq, digest) = conn.execute(
+            "SELECT seq, hash FROM audit_events WHERE chain = 'b' ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'audit_head:b'", (f"{seq}:{digest}",))
+    out = verify(b)
+    assert out.returncode == 1 and "chain b: seq 5 " in out.stdout, out.stdout
+    out = verify(a, "--checkpoints", str(b_log))
+    assert out.returncode == 1 and "chain b: seq 5 " in out.stdout, out.stdout
+    assert verify(a).returncode == 0  # node a alone has no evidence of b's tail...
+
+    # ...but a chain deleted whole is missed by every node.
+    with db(a) as conn:
+        for table in ("audit_events", "audit_checkpoints"):
+            conn.execute(f"DELETE FROM {table} WHERE chain = 'b'")
+        conn.execute("DELETE FROM meta WHERE key = 'audit_head:b'")
+    out = verify(a)
+    assert out.returncode == 1
+    assert "chain b: announced at seq" in out.stdout and "the chain was deleted" in out.stdout

@@ -15,20 +15,31 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from conftest import CLIENT_AET, SERVER_AET, Server, cli, dataset_bytes, dcmtk, free_port
+from conftest import (
+    CLIENT_AET,
+    DATABASES,
+    SERVER_AET,
+    Server,
+    cli,
+    dataset_bytes,
+    dcmtk,
+    free_port,
+    index_args,
+)
 from pacsvault.dicom.synthetic import Spec
 
 SPEC = Spec(patients=5, studies_per_patient=2, series_per_study=2, instances_per_series=2, seed=7)
 
 
-@pytest.fixture(scope="module")
-def loaded(tmp_path_factory: pytest.TempPathFactory):
-    """A server holding the SPEC data set, sent with storescu; shared by this module."""
+@pytest.fixture(scope="module", params=DATABASES)
+def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A server holding the SPEC data set, sent with storescu; shared by this module.
+    Once with each index database: every test here runs on SQLite and on PostgreSQL."""
     from conftest import write_data_set
 
     tmp = tmp_path_factory.mktemp("dcmtk")
     data = tmp / "data"
-    cli(data, "init", "--aet", SERVER_AET)
+    cli(data, "init", "--aet", SERVER_AET, *index_args(request, request.param))
     dest_port = free_port()
     cli(
         data,

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import INTEGER, MetaData, create_engine, inspect, text
 
 from conftest import SERVER_AET, Server, cli, dcmtk, free_port
 from pacsvault.dicom.attributes import BY_KEYWORD, Level
 from pacsvault.dicom.matching import parse_condition
 from pacsvault.storage import migrations
-from pacsvault.storage.index import Index
+from pacsvault.storage.index import Index, engine_url
 from pacsvault.storage.schema import SCHEMA_VERSION
 
 FIXTURE = Path(__file__).parent / "fixtures" / "datadir-v1.tar.gz"
@@ -34,6 +34,41 @@ def v1_data(tmp_path: Path) -> Path:
     with tarfile.open(FIXTURE) as tar:
         tar.extractall(tmp_path, filter="data")
     return tmp_path / "d"
+
+
+def copy_to_postgres(sqlite_path: Path, url: str) -> None:
+    """Put the tables and rows of a SQLite index into the empty PostgreSQL database *url*,
+    as the release that made it would have created them there (same SQLAlchemy tables:
+    SERIAL keys, unnamed unique constraints, the same named indexes)."""
+    source = create_engine(f"sqlite:///{sqlite_path}")
+    target = create_engine(engine_url(url))
+    meta = MetaData()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based")
+        meta.reflect(source)
+    meta.create_all(target)
+    with source.connect() as src, target.begin() as dst:
+        for table in meta.sorted_tables:
+            rows = [dict(r) for r in src.execute(table.select()).mappings()]
+            if rows:
+                dst.execute(table.insert(), rows)
+            for col in table.primary_key.columns:
+                if col.autoincrement is not False and isinstance(col.type, INTEGER):
+                    dst.execute(text(f"SELECT setval(pg_get_serial_sequence('{table.name}', "
+                                     f"'{col.name}'), (SELECT coalesce(max({col.name}), 0) + 1 "
+                                     f"FROM {table.name}), false)"))  # fmt: skip
+    source.dispose()
+    target.dispose()
+
+
+def pg_sql(url: str, statement: str) -> list[tuple]:
+    """Run one statement on a PostgreSQL index (committed); its rows, if any."""
+    engine = create_engine(engine_url(url))
+    with engine.begin() as conn:
+        result = conn.execute(text(statement))
+        rows = [tuple(r) for r in result] if result.returns_rows else []
+    engine.dispose()
+    return rows
 
 
 def sql(data: Path, statement: str, *params: object) -> list[tuple]:
@@ -122,7 +157,7 @@ def test_v1_data_directory_upgrades_on_first_start(v1_data: Path, tmp_path: Path
 
 def _shape(url: str) -> dict[str, object]:
     """Every table's columns, indexes, keys and foreign keys, as the database reports them."""
-    engine = create_engine(url)
+    engine = create_engine(engine_url(url))
     insp = inspect(engine)
     shape: dict[str, object] = {}
     for table in sorted(insp.get_table_names()):
@@ -171,6 +206,110 @@ def test_migrated_schema_equals_a_fresh_one(v1_data: Path, tmp_path: Path) -> No
     assert _shape(f"sqlite:///{v1_data / 'index.sqlite'}") == _shape(
         f"sqlite:///{tmp_path / 'fresh.sqlite'}"
     )
+
+
+def test_v1_upgrades_on_postgresql(v1_data: Path, pg_url: str, tmp_path: Path) -> None:
+    """A schema-1 index in PostgreSQL: the same migrations bring it to the shape a fresh
+    PostgreSQL index has, in transactional steps, and the data reads as on SQLite."""
+    copy_to_postgres(v1_data / "index.sqlite", pg_url)
+    assert pg_sql(pg_url, "SELECT value FROM meta WHERE key = 'schema'") == [("1",)]
+    migrated = Index(pg_url)
+    migrated.create()
+    expected = names_in_files(v1_data)
+    for level in (Level.STUDY, Level.SERIES, Level.IMAGE):
+        rows = list(migrated.query(level, []))
+        assert {r["study_instance_uid"]: r["patient_name"] for r in rows} == expected
+    patients = list(migrated.query(Level.PATIENT, []))
+    assert [r["number_of_patient_related_instances"] for r in patients] == [8, 8]
+    migrated.close()
+    assert pg_sql(pg_url, "SELECT value FROM meta WHERE key = 'schema'") == [
+        (str(SCHEMA_VERSION),)
+    ]
+    fresh_url = pg_url.rsplit("/", 1)[0] + "/postgres"
+    fresh_db = f"fresh_{tmp_path.name[-20:]}".lower().replace("-", "_")
+    _autocommit(fresh_url, f'CREATE DATABASE "{fresh_db}"')
+    try:
+        fresh = Index(pg_url.rsplit("/", 1)[0] + f"/{fresh_db}")
+        fresh.create()
+        fresh.close()
+        assert _shape(pg_url) == _shape(fresh.url)
+    finally:
+        _autocommit(fresh_url, f'DROP DATABASE "{fresh_db}" WITH (FORCE)')
+
+
+def _autocommit(url: str, statement: str) -> None:
+    engine = create_engine(engine_url(url), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(statement))
+    engine.dispose()
+
+
+def test_v1_data_directory_on_postgresql_upgrades_on_first_start(
+    v1_data: Path, pg_url: str, tmp_path: Path
+) -> None:
+    """The whole data directory of the schema-1 release, its index moved to PostgreSQL and
+    named by the older key storage.index_url: status upgrades, the trail verifies (its
+    genesis written as a legacy one), a real server answers C-FIND, ingest goes on."""
+    copy_to_postgres(v1_data / "index.sqlite", pg_url)
+    (v1_data / "index.sqlite").unlink()
+    settings = v1_data / "pacsvault.toml"
+    settings.write_text(settings.read_text().replace('index_url = ""', f'index_url = "{pg_url}"'))
+    proc = cli(v1_data, "status")
+    assert "instances: 16" in proc.stdout and "patients: 2" in proc.stdout
+    assert proc.stderr.count(UPGRADE_LINE) == 1
+    password = pg_url.split(":")[2].split("@")[0]
+    assert password not in proc.stdout + proc.stderr
+    assert "index: postgresql postgresql://pacs:***@" in proc.stdout
+    assert "audit trail intact" in cli(v1_data, "audit", "verify").stdout
+    server = Server(v1_data, free_port(), tmp_path / "server.log")
+    server.start()
+    try:
+        out = tmp_path / "find"
+        out.mkdir()
+        proc = dcmtk("findscu", "-aet", "WS1", "-aec", SERVER_AET, "-S", "-X", "-od", str(out),
+                     "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID", "-k",
+                     "PatientName=roe*", "127.0.0.1", str(server.port))  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        rsp = [pydicom.dcmread(p) for p in out.glob("rsp*.dcm")]
+        assert {str(r.PatientName) for r in rsp} == {"ROE^JANE"} and len(rsp) == 2
+    finally:
+        server.stop()
+    assert password not in server.log_text()
+    assert "loaded" in cli(v1_data, "demo", "--patients", "3", "--seed", "1").stdout
+    assert "patients: 3" in cli(v1_data, "status").stdout
+    assert "audit trail intact" in cli(v1_data, "audit", "verify").stdout
+
+
+def test_a_failed_migration_on_postgresql_leaves_the_previous_version(
+    v1_data: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's DDL is transactional too: a migration that fails undoes its ALTERs."""
+    copy_to_postgres(v1_data / "index.sqlite", pg_url)
+    real = migrations.MIGRATIONS[0]
+
+    def broken(conn) -> None:
+        real.apply(conn)
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", (migrations.Migration(2, "broken", broken),))
+    index = Index(pg_url)
+    with pytest.raises(RuntimeError):
+        index.create()
+    assert pg_sql(pg_url, "SELECT value FROM meta WHERE key = 'schema'") == [("1",)]
+    columns = pg_sql(pg_url, "SELECT column_name FROM information_schema.columns "
+                     "WHERE table_name = 'studies' AND column_name = 'patient_name'")  # fmt: skip
+    assert columns == []
+    monkeypatch.undo()
+    index.create()
+    assert pg_sql(pg_url, "SELECT value FROM meta WHERE key = 'schema'") == [
+        (str(SCHEMA_VERSION),)
+    ]
+    pg_sql(pg_url, "UPDATE meta SET value = '999' WHERE key = 'schema'")
+    newer = Index(pg_url)
+    with pytest.raises(migrations.SchemaTooNew, match="schema version 999"):
+        newer.create()
+    newer.close()
+    index.close()
 
 
 def test_studies_merged_by_schema_1_get_patients_of_their_own(

@@ -256,9 +256,9 @@ def record(ds: Dataset, n: int) -> InstanceRecord:
     return rec
 
 
-def test_index_retrieve_and_counts_use_the_study_copy(tmp_path: Path) -> None:
+def test_index_retrieve_and_counts_use_the_study_copy(index_url: str) -> None:
     """Through the Index API: retrieve selection, every level's answers, derived counts."""
-    index = Index(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    index = Index(index_url)
     index.create()
     first = make_study("DOE^ALMA", "P-1", birth_date="19710101")
     later = make_study("DOE^BERTA", "P-1", birth_date="19820202")

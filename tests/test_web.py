@@ -20,6 +20,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 
 from conftest import (
+    DATABASES,
     Server,
     add_user,
     api_token,
@@ -28,6 +29,7 @@ from conftest import (
     free_port,
     https_session,
     https_url,
+    index_args,
     web_login,
     write_data_set,
 )
@@ -47,12 +49,15 @@ def dicomweb(server: Server, token: str) -> DICOMwebClient:
                           headers={"Authorization": f"Bearer {token}"})  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict, list]]:
-    """A server with two studies (one per referring physician) and one user per role."""
+@pytest.fixture(scope="module", params=DATABASES)
+def site(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, dict, list]]:
+    """A server with two studies (one per referring physician) and one user per role.
+    Once with each index database (sessions, tokens, lockouts live there too)."""
     tmp = tmp_path_factory.mktemp("web")
     data = tmp / "data"
-    cli(data, "init", "--aet", "PACSVAULT")
+    cli(data, "init", "--aet", "PACSVAULT", *index_args(request, request.param))
     files = write_data_set(tmp / "f", Spec(patients=2, studies_per_patient=1, seed=4))
     studies: list[str] = []
     for path, ds in files:

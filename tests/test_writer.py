@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, select
@@ -13,8 +12,8 @@ from pacsvault.storage.index import Index
 from pacsvault.storage.writer import IndexWriter
 
 
-def test_batch_with_a_failing_operation(tmp_path: Path) -> None:
-    index = Index(f"sqlite:///{tmp_path / 'i.sqlite'}")
+def test_batch_with_a_failing_operation(index_url: str) -> None:
+    index = Index(index_url)
     index.create()
     writer = IndexWriter(index.engine)
     writer.start()

@@ -8,10 +8,12 @@ the key, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -113,10 +115,81 @@ class SecuritySettings(_Section):
     jwt_audience: str = ""
 
 
+_INDEX_SCHEMES = ("sqlite", "postgresql", "postgres", "postgresql+psycopg")
+
+
+def redact_url(url: str) -> str:
+    """*url* with any password (in the authority or a ``password=`` parameter) masked,
+    for logs, status and doctor: a database URL is shown nowhere else."""
+    parts = urlsplit(url)
+    netloc, query = parts.netloc, parts.query
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(k.lower() in _SECRET_PARAMS for k, _v in pairs):
+        query = "&".join(f"{k}=***" if k.lower() in _SECRET_PARAMS else f"{k}={v}"
+                         for k, v in pairs)  # fmt: skip
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    tail = (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+    return f"{parts.scheme}://{netloc}{parts.path}{tail}"
+
+
+_SECRET_PARAMS = ("password", "sslpassword")
+
+
+def _check_index_url(url: str) -> str:
+    if url and urlsplit(url).scheme not in _INDEX_SCHEMES:
+        raise ValueError("must be empty (SQLite in the data directory), sqlite:///PATH or "
+                         "postgresql://USER@HOST/DATABASE")  # fmt: skip
+    return url
+
+
+class IndexSettings(_Section):
+    """The index database (see README "Scale-out")."""
+
+    url: str = ""  # empty: SQLite file in the data directory
+    # This node's name in a scale-out site (several `serve` nodes on one PostgreSQL
+    # index): its audit records form a chain of their own. Empty: the site's first chain.
+    node: str = Field(default="", max_length=32, pattern=r"^([a-z0-9][a-z0-9._-]*)?$")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_index_url(v)
+
+
+class BlobSettings(_Section):
+    """Where the stored objects live."""
+
+    url: str = ""  # empty: the files below storage.blob_dir; "s3://bucket/prefix": S3
+    endpoint: str = ""  # S3 endpoint (empty: AWS_ENDPOINT_URL, else AWS itself)
+    region: str = ""  # S3 region (empty: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not v.startswith("s3://"):
+            raise ValueError("must be empty (files in the data directory) or s3://bucket/prefix")
+        return v
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if v and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError("must be an http:// or https:// URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not contain credentials (use AWS_ACCESS_KEY_ID and "
+                             "AWS_SECRET_ACCESS_KEY)")  # fmt: skip
+        return v
+
+
 class StorageSettings(_Section):
     """Index and blob store."""
 
-    index_url: str = ""  # empty: SQLite file in the data directory
+    index_url: str = ""  # the older name of index.url, still read
     blob_dir: str = "blobs"  # relative to the data directory
     fsync: bool = True
     max_object_size: int = Field(default=4 * 1024**3, ge=1024 * 1024)
@@ -176,9 +249,24 @@ class Settings(_Section):
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    blobs: BlobSettings = Field(default_factory=BlobSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+
+
+    @field_validator("storage")
+    @classmethod
+    def _legacy_index_url(cls, v: StorageSettings) -> StorageSettings:
+        _check_index_url(v.index_url)
+        return v
+
+    @property
+    def index_url(self) -> str:
+        """The configured index URL (``index.url``, else the older ``storage.index_url``);
+        empty for the SQLite file in the data directory."""
+        return self.index.url or self.storage.index_url
 
 
 class SettingsError(Exception):
@@ -215,9 +303,10 @@ def load_settings(data_dir: Path) -> Settings:
         raise SettingsError(f"{path}: {problems}") from None
 
 
-def settings_template(ae_title: str) -> str:
+def settings_template(ae_title: str, *, index_url: str = "", blob_url: str = "") -> str:
     """The documented settings file written by ``pacsvault init``."""
     d = DicomSettings()
+    index_url, blob_url = json.dumps(index_url), json.dumps(blob_url)  # TOML basic strings
     return f'''# pacsvault settings. Every option is shown with its default.
 # Changes take effect at the next `pacsvault serve`.
 
@@ -297,11 +386,31 @@ jwt_rs256_public_key_file = ""
 # Required "aud" claim of JWTs (empty: our AE title).
 jwt_audience = ""
 
+[index]
+# The index database. Empty: index.sqlite in the data directory (SQLite).
+# For scale-out, PostgreSQL: "postgresql://pacs@db.example.org/pacs?sslmode=verify-full".
+# Keep the password out of this file: libpq reads PGPASSWORD or ~/.pgpass (or give
+# ?passfile=PATH). Without sslmode=require or verify-full a remote index is reached in
+# cleartext (doctor warns). Needs: pip install 'pacsvault[postgres]'.
+url = {index_url}
+# This node's name when several `pacsvault serve` nodes share one PostgreSQL index:
+# each node's audit records form a chain of their own (lowercase letters, digits,
+# '.', '_', '-'). Empty: the site's first chain (a single node).
+node = ""
+
+[blobs]
+# Where stored objects live. Empty: files below storage.blob_dir. For scale-out,
+# S3-compatible object storage: "s3://bucket/prefix" (the bucket must exist).
+# Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or boto3's own
+# chain: profiles, instance roles), never from this file. Needs 'pacsvault[s3]'.
+url = {blob_url}
+# The S3 endpoint (empty: AWS_ENDPOINT_URL, else AWS). Use https:// (doctor warns).
+endpoint = ""
+# The S3 region (empty: AWS_REGION or AWS_DEFAULT_REGION, else us-east-1).
+region = ""
+
 [storage]
-# SQLAlchemy URL of the index; empty means index.sqlite in the data directory.
-# For scale-out: "postgresql+psycopg://user@host/pacsvault".
-index_url = ""
-# Directory of the blob store, relative to the data directory.
+# Directory of the blob store (and of S3's local spool), relative to the data directory.
 blob_dir = "blobs"
 # fsync every object and directory before answering success. Turn off only for tests.
 fsync = true

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import os
 import ssl
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 
 from pacsvault.config import (
     SETTINGS_FILE,
     DicomSettings,
     Settings,
     load_settings,
+    redact_url,
     settings_template,
 )
 from pacsvault.logsafe import install as install_log_filter
@@ -86,7 +91,46 @@ class SiteStatus:
 
 
 def index_url(data_dir: Path, settings: Settings) -> str:
-    return settings.storage.index_url or f"sqlite:///{data_dir / INDEX_FILE}"
+    """The index's URL: ``index.url`` (or the older ``storage.index_url``), else the
+    SQLite file in the data directory. It may hold a password: show it only through
+    :func:`~pacsvault.config.redact_url`."""
+    return settings.index_url or f"sqlite:///{data_dir / INDEX_FILE}"
+
+
+def open_blob_store(data_dir: Path, settings: Settings) -> BlobStore:
+    """The blob store the settings name: S3 for ``blobs.url``, else files in *data_dir*."""
+    storage, blobs = settings.storage, settings.blobs
+    if not blobs.url:
+        return FileBlobStore(data_dir / storage.blob_dir, fsync=storage.fsync)
+    from pacsvault.storage.s3blobs import S3BlobStore
+
+    try:
+        return S3BlobStore(
+            blobs.url,
+            data_dir / storage.blob_dir / "tmp",
+            endpoint_url=blobs.endpoint or None,
+            region=blobs.region or None,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise SiteError(f"blobs.url: {exc}") from None
+
+
+def _open_index(url: str) -> Index:
+    """The index at *url*, its schema made current; unreachable is a SiteError (no secret)."""
+    try:
+        index = Index(url)
+    except ValueError as exc:
+        raise SiteError(f"index.url: {exc}") from None
+    try:
+        index.create()
+    except OperationalError as exc:
+        index.close()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise SiteError(f"cannot open the index at {redact_url(url)}: {reason}") from None
+    except BaseException:
+        index.close()
+        raise
+    return index
 
 
 class Site:
@@ -103,14 +147,11 @@ class Site:
         install_log_filter()
         self.data_dir = data_dir
         self.settings = settings
-        self.index = Index(index_url(data_dir, settings))
         if blobs is None:
-            storage = settings.storage
-            files = FileBlobStore(data_dir / storage.blob_dir, fsync=storage.fsync)
-            files.create()
-            blobs = files
+            blobs = open_blob_store(data_dir, settings)
+            blobs.create()
         self.blobs: BlobStore = blobs
-        self.index.create()
+        self.index = _open_index(index_url(data_dir, settings))
         self.writer = IndexWriter(self.index.engine)
         self.audit = AuditTrail(
             self.index,
@@ -118,6 +159,7 @@ class Site:
             signer=load_signer(data_dir),
             checkpoint_every=settings.audit.checkpoint_every,
             checkpoint_log=CheckpointLog(data_dir),
+            chain=settings.index.node,
         )
         self.audit.ensure_genesis(new_site=new_site)
         self.peers = PeerRepository(self.index.engine)
@@ -237,8 +279,12 @@ def open_site(
     return Site(data_dir, settings or load_settings(data_dir), new_site=new_site, blobs=blobs)
 
 
-def init_site(data_dir: Path, ae_title: str) -> Site:
-    """Create a new data directory (mode 0700) with settings (0600), index and blob store."""
+def init_site(data_dir: Path, ae_title: str, *, index_url: str = "", blob_url: str = "") -> Site:
+    """Create a new data directory (mode 0700) with settings (0600), index and blob store.
+
+    *index_url* and *blob_url* (``index.url``, ``blobs.url``) put the index in PostgreSQL
+    and the objects in S3; they are checked before anything is written.
+    """
     settings_path = data_dir / SETTINGS_FILE
     if settings_path.exists():
         raise SiteError(f"{data_dir} is already initialised")
@@ -246,9 +292,16 @@ def init_site(data_dir: Path, ae_title: str) -> Site:
         DicomSettings(ae_title=ae_title)
     except ValueError as exc:
         raise SiteError(f"invalid AE title: {exc.errors()[0]['msg']}") from None  # type: ignore[attr-defined]
+    text = settings_template(ae_title, index_url=index_url, blob_url=blob_url)
+    try:
+        Settings.model_validate(tomllib.loads(text))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise SiteError(problems) from None
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
-    text = settings_template(ae_title)
     fd = os.open(settings_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)

@@ -23,12 +23,13 @@ from pacsvault.cli import (
     doctor,
     fsck,
     lifecycle,
+    migrate,
 )
 from pacsvault.cli.base import USER_ERRORS, common_parser
 from pacsvault.config import resolve_data_dir
 from pacsvault.logsafe import install as install_log_filter
 
-COMMAND_MODULES = (lifecycle, admin, data, audit, doctor, fsck)
+COMMAND_MODULES = (lifecycle, admin, data, audit, doctor, fsck, migrate)
 
 
 def build_parser() -> argparse.ArgumentParser:

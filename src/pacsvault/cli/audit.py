@@ -64,8 +64,9 @@ def _verify(site: Site, copies: list[LogContents]) -> Verdict:
 
 def _print_verdict(verdict: Verdict) -> None:
     if verdict.intact:
+        chains = f" in {verdict.chains} chains" if verdict.chains > 1 else ""
         print(f"audit trail intact: {verdict.records} records, "
-              f"{verdict.checkpoints} checkpoints")  # fmt: skip
+              f"{verdict.checkpoints} checkpoints{chains}")  # fmt: skip
     for problem in verdict.problems:
         print(problem.describe())
     for warning in verdict.warnings:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pacsvault import __version__
 from pacsvault.cli.base import CommandError, Subparsers
-from pacsvault.config import Settings, is_loopback, load_settings
+from pacsvault.config import Settings, is_loopback, load_settings, redact_url
 from pacsvault.security.audit import Action, Outcome
 from pacsvault.security.tls import expiry_note
 from pacsvault.site import Site, init_site, open_site
@@ -21,11 +21,13 @@ log = logging.getLogger("pacsvault")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    with init_site(args.data_dir, args.aet) as site:
+    with init_site(args.data_dir, args.aet, index_url=args.index_url or "",
+                   blob_url=args.blob_url or "") as site:  # fmt: skip
         s = site.settings.dicom
         site.audit.record(Action.SETTINGS_CHANGE, Outcome.SUCCESS, site.operator().actor,
                           detail="init")  # fmt: skip
     print(f"Initialised {args.data_dir}")
+    print(f"  index: {_where_index(site)}; objects: {_where_blobs(site)}")
     print(f"  AE title {s.ae_title}, DICOM on {s.bind}:{s.port} (loopback until you change 'bind')")
     print("  No peers are registered: nobody can connect until you run 'pacsvault peer add'.")
     return 0
@@ -149,13 +151,29 @@ def _wait_for_signal() -> None:
         pass
 
 
+def _where_index(site: Site) -> str:
+    """Where the index is, for people: never with its password."""
+    if not site.settings.index_url:
+        return "SQLite (index.sqlite)"
+    return f"{site.index.engine.dialect.name} {redact_url(site.settings.index_url)}"
+
+
+def _where_blobs(site: Site) -> str:
+    if not site.settings.blobs.url:
+        return f"files ({site.settings.storage.blob_dir}/)"
+    return f"S3 {site.settings.blobs.url}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Print counts, listeners, peers and lockouts; never a patient's name or ID."""
     with open_site(args.data_dir) as site:
         status = site.status()
         d = site.settings.dicom
+        where = (_where_index(site), _where_blobs(site))
     listener = {x.kind: x for x in status.listeners}
     print(f"data directory: {args.data_dir}")
+    print(f"index: {where[0]}")
+    print(f"objects: {where[1]}")
     for key in ("patients", "studies", "series", "instances", "bytes"):
         print(f"{key}: {status.counts[key]}")
     # Studies whose patient name or birth date differs from their PatientID's first study.
@@ -203,6 +221,12 @@ def cmd_export_ca(args: argparse.Namespace) -> int:
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("init", parents=[common], help="create a data directory")
     p.add_argument("--aet", default="PACSVAULT", help="our AE title (default PACSVAULT)")
+    p.add_argument("--index-url", metavar="URL",
+                   help="index database (index.url), e.g. postgresql://pacs@db/pacs "
+                        "(default: SQLite in the data directory)")  # fmt: skip
+    p.add_argument("--blob-url", metavar="URL",
+                   help="object storage (blobs.url), e.g. s3://bucket/prefix "
+                        "(default: files in the data directory)")  # fmt: skip
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("serve", parents=[common], help="run the DICOM listeners")

@@ -38,6 +38,7 @@ class Action(StrEnum):
     LOCKOUT = "lockout"
     AUDIT_USE = "audit-use"
     FSCK = "fsck"
+    AUDIT_CHAIN = "audit-chain"  # a node's audit chain began (recorded in the first chain)
 
 
 #: DICOM audit event IDs (PS3.16 CID 400 "Audit Event ID").
@@ -60,11 +61,31 @@ EVENT_CODES: dict[Action, str] = {
     Action.LOCKOUT: "110113",
     Action.AUDIT_USE: "110101",  # Audit Log Used
     Action.FSCK: "110113",  # Security Alert (integrity of the stored objects)
+    Action.AUDIT_CHAIN: "110113",
 }
 
 GENESIS_HASH = "0" * 64  # the prev_hash of record 1
 GENESIS_SEQ = 0  # the genesis checkpoint's seq; its hash is a random trail id
 HEAD_KEY = "audit_head"
+ROOT_CHAIN = ""  # the site's first chain (the only one of a single-node site)
+
+
+def head_key(chain: str) -> str:
+    """The ``meta`` key holding *chain*'s head (``audit_head`` for the first chain)."""
+    return HEAD_KEY if chain == ROOT_CHAIN else f"{HEAD_KEY}:{chain}"
+
+
+def chain_announcement(chain: str, trail_id: str) -> str:
+    """The detail of the record, in the first chain, that announces *chain*'s genesis."""
+    return f"audit chain {chain} started, genesis {trail_id}"
+
+
+def parse_announcement(detail: str | None) -> tuple[str, str] | None:
+    """(chain, genesis trail id) of an announcement's detail, or None."""
+    words = (detail or "").split()
+    if len(words) == 6 and words[:2] + words[3:5] == ["audit", "chain", "started,", "genesis"]:
+        return words[2], words[5]
+    return None
 
 #: The fields covered by a record's hash, in a fixed order.
 HASHED_FIELDS = (
@@ -79,9 +100,11 @@ def record_hash(prev_hash: str, row: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
-def checkpoint_statement(seq: int, digest: str) -> bytes:
-    """What a checkpoint signature covers."""
-    return f"pacsvault-audit-checkpoint:{seq}:{digest}".encode()
+def checkpoint_statement(seq: int, digest: str, chain: str = ROOT_CHAIN) -> bytes:
+    """What a checkpoint signature covers (a chain's name too, but for the first chain's)."""
+    if chain == ROOT_CHAIN:
+        return f"pacsvault-audit-checkpoint:{seq}:{digest}".encode()
+    return f"pacsvault-audit-checkpoint:{chain}:{seq}:{digest}".encode()
 
 
 class AuditUnavailable(Exception):

@@ -13,6 +13,9 @@ kinds:
 - ``repair``: a previous append was cut short (crash mid-write); the torn bytes before
   this line are not an entry.
 
+Entries of a node's own audit chain (``index.node``, a scale-out site) carry its name as
+``"chain"``; those of the site's first chain carry none.
+
 Checkpoint lines are appended only after the index transaction holding the checkpoint
 has committed (see ``storage.index.after_commit``), so every complete line names a
 checkpoint the index had. A crash can therefore leave a checkpoint in the index that
@@ -50,6 +53,12 @@ SYSLOG_MSGID = "AUDIT-CHECKPOINT"
 _SYSLOG_MARK = f" {SYSLOG_MSGID} - "
 
 Entry = dict[str, Any]
+
+
+def entry_chain(entry: Entry) -> str:
+    """The audit chain an entry belongs to (entries of the first chain carry none)."""
+    chain = entry.get("chain", "")
+    return chain if isinstance(chain, str) else ""
 
 
 def entry_line(entry: Entry) -> str:
@@ -206,7 +215,7 @@ class CheckpointLog:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
 
-    def begin_run(self, run_id: str, label: str) -> Run:
+    def begin_run(self, run_id: str, label: str, chain: str = "") -> Run:
         """Start a writer run: take the shared writers lock and log a ``start`` entry.
 
         Done under the log lock, so no other process starts (or probes ``alone``)
@@ -223,6 +232,8 @@ class CheckpointLog:
                 fcntl.flock(lock_fd, fcntl.LOCK_SH)
                 start = {"kind": "start", "run": run_id, "time": time.time(),
                          "pid": os.getpid(), "alone": alone, "program": label}  # fmt: skip
+                if chain:
+                    start["chain"] = chain
                 self._write(fd, [start])
             except BaseException:
                 os.close(lock_fd)
@@ -260,9 +271,9 @@ class CheckpointLog:
         except FileNotFoundError:
             return 0
 
-    def has_genesis(self) -> bool:
-        """True when the log holds a genesis entry."""
-        return bool(self.read().of_kind("genesis"))
+    def has_genesis(self, chain: str = "") -> bool:
+        """True when the log holds a genesis entry of *chain*."""
+        return any(entry_chain(e) == chain for _n, e in self.read().of_kind("genesis"))
 
     def forwarded(self) -> int:
         """How many bytes of the log the syslog forwarder has sent (kept outside the index,

@@ -25,6 +25,16 @@ the gap (the rules, with the local checkpoint log *L* and the index *I*):
    sign (a failure). A run without its final is a warning: it is running, or it
    crashed (its unsigned tail cannot be vouched for) until a later run that started
    alone (no writer alive) signs past it.
+
+Chains: each node of a scale-out site writes a chain of its own (``index.node``; the
+first chain, "", is the only one of a single-node site), with its own head, signed
+checkpoints (the statement names the chain) and genesis. Every chain is checked as
+above. A node's genesis is announced by an ``audit-chain`` record in the first chain,
+so a chain deleted whole (records, checkpoints and head) is still missed: every
+announced chain must be in the index with the announced genesis, and every chain in
+the index must be announced. The local log is the evidence of the chain of the node
+whose data directory it is: rules 3 and 4 apply to that chain only; rule 2 to every
+line, whichever chain it names (a copy of another node's log checks that node's chain).
 """
 
 from __future__ import annotations
@@ -36,11 +46,14 @@ from typing import Any
 from pacsvault.security.audit import (
     GENESIS_HASH,
     GENESIS_SEQ,
+    ROOT_CHAIN,
+    Action,
     checkpoint_statement,
+    parse_announcement,
     record_hash,
 )
 from pacsvault.security.audit_keys import AuditSigner
-from pacsvault.security.audit_log import Entry, LogContents
+from pacsvault.security.audit_log import Entry, LogContents, entry_chain
 
 
 def _when(t: float | None) -> str:
@@ -54,12 +67,14 @@ class Problem:
     seq: int | None
     time: float | None
     what: str
+    chain: str = ROOT_CHAIN
 
     def describe(self) -> str:
+        where = f"chain {self.chain}: " if self.chain != ROOT_CHAIN else ""
         if self.seq is None:
-            return self.what
+            return where + self.what
         when = dt.datetime.fromtimestamp(self.time, dt.UTC).isoformat() if self.time else "-"
-        return f"seq {self.seq} ({when}): {self.what}"
+        return f"{where}seq {self.seq} ({when}): {self.what}"
 
 
 @dataclass
@@ -69,6 +84,7 @@ class Verdict:
     problems: list[Problem]
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    chains: int = 1
 
     @property
     def intact(self) -> bool:
@@ -77,11 +93,12 @@ class Verdict:
 
 @dataclass
 class Trail:
-    """One consistent read of the trail in the index."""
+    """One consistent read of one chain of the trail in the index."""
 
     rows: list[Any]
     head: tuple[int, str]
     checkpoints: dict[int, Any]
+    chain: str = ROOT_CHAIN
 
     @property
     def last(self) -> int:
@@ -107,22 +124,80 @@ class Evidence:
     changed: bool = False
 
 
-def check(trail: Trail, signer: AuditSigner, evidence: Evidence | None = None) -> Verdict:
-    """Every inconsistency of *trail*, against *evidence* when given (the module's rules)."""
-    problems = _chain_problems(trail) + _checkpoint_problems(trail, signer)
-    verdict = Verdict(len(trail.rows), len(trail.checkpoints), problems)
-    if GENESIS_SEQ not in trail.checkpoints:
-        problems.append(Problem(None, None, "no genesis in the index (no signed checkpoint at "
-                                "seq 0): the audit trail was wiped or replaced"))  # fmt: skip
+def check(
+    trails: Trail | dict[str, Trail],
+    signer: AuditSigner,
+    evidence: Evidence | None = None,
+    *,
+    chain: str = ROOT_CHAIN,
+) -> Verdict:
+    """Every inconsistency of *trails* (every chain in the index), against *evidence* when
+    given (the module's rules); *chain* is the one the local log is the evidence of."""
+    if isinstance(trails, Trail):
+        trails = {trails.chain: trails}
+    trails = {ROOT_CHAIN: Trail([], (0, GENESIS_HASH), {}), **trails}
+    problems: list[Problem] = []
+    used = [t for t in trails.values() if t.rows or t.checkpoints]
+    verdict = Verdict(sum(len(t.rows) for t in used), sum(len(t.checkpoints) for t in used),
+                      problems, chains=max(1, len(used)))  # fmt: skip
+    for name in sorted(trails):
+        trail = trails[name]
+        found = _chain_problems(trail) + _checkpoint_problems(trail, signer)
+        if GENESIS_SEQ not in trail.checkpoints:
+            found.append(Problem(None, None, "no genesis in the index (no signed checkpoint at "
+                                 "seq 0): the audit trail was wiped or replaced"))  # fmt: skip
+        problems.extend(_in_chain(found, name))
+    problems.extend(_registry_problems(trails))
     if evidence is None:
         return verdict
     if evidence.local is not None:
-        _check_local(trail, signer, evidence, verdict)
+        _check_local(trails, signer, evidence, verdict, chain)
     for copy in evidence.copies:
         if not copy.of_kind("genesis", "checkpoint"):
             problems.append(Problem(None, None, f"{copy.source} holds no checkpoints"))
-        problems.extend(_log_problems(trail, signer, copy))
+        problems.extend(_log_problems(trails, signer, copy))
     return verdict
+
+
+def _in_chain(problems: list[Problem], chain: str) -> list[Problem]:
+    return [Problem(p.seq, p.time, p.what, chain) for p in problems]
+
+
+def _announces(row: Any) -> bool:
+    """True for a record announcing a node's chain (see :func:`_registry_problems`)."""
+    if row["action"] != Action.AUDIT_CHAIN.value:
+        return False
+    return parse_announcement(row["detail"]) is not None
+
+
+def _registry_problems(trails: dict[str, Trail]) -> list[Problem]:
+    """Every node's chain is announced in the first chain, once, and every announced one
+    is there with the announced genesis."""
+    problems: list[Problem] = []
+    announced: dict[str, tuple[str, Any]] = {}
+    for row in trails[ROOT_CHAIN].rows:
+        if _announces(row):
+            name, trail_id = parse_announcement(row["detail"])  # type: ignore[misc]
+            if name in announced:
+                what = f"announces chain {name} a second time: not written by pacsvault"
+                problems.append(Problem(row["seq"], row["time"], what))
+                continue
+            announced[name] = (trail_id, row)
+    for name, (trail_id, row) in sorted(announced.items()):
+        genesis = trails[name].checkpoints.get(GENESIS_SEQ) if name in trails else None
+        if genesis is None:
+            what = (f"announced at seq {row['seq']} of the first chain, but missing from the "
+                    "index (no genesis): the chain was deleted")  # fmt: skip
+            problems.append(Problem(None, None, what, name))
+        elif genesis["hash"] != trail_id:
+            what = ("the genesis differs from its announcement in the first chain: the chain "
+                    "was replaced")  # fmt: skip
+            problems.append(Problem(GENESIS_SEQ, genesis["time"], what, name))
+    for name, trail in sorted(trails.items()):
+        if name != ROOT_CHAIN and name not in announced and (trail.rows or trail.checkpoints):
+            problems.append(Problem(None, None, "not announced in the first chain: it was "
+                                    "not started by pacsvault", name))  # fmt: skip
+    return problems
 
 
 def _chain_problems(trail: Trail) -> list[Problem]:
@@ -160,7 +235,8 @@ def _checkpoint_problems(trail: Trail, signer: AuditSigner) -> list[Problem]:
     problems: list[Problem] = []
     hashes, last = trail.hashes, trail.last
     for seq, cp in trail.checkpoints.items():
-        if not signer.verify(checkpoint_statement(seq, cp["hash"]), cp["signature"]):
+        statement = checkpoint_statement(seq, cp["hash"], trail.chain)
+        if not signer.verify(statement, cp["signature"]):
             problems.append(Problem(seq, cp["time"], "checkpoint signature invalid"))
         elif seq == GENESIS_SEQ:
             continue
@@ -182,35 +258,39 @@ def _signed_entries(log: LogContents) -> list[tuple[int, Entry]]:
     seen: set[tuple[Any, ...]] = set()
     out = []
     for n, e in log.of_kind("genesis", "checkpoint"):
-        key = (e.get("kind"), e.get("seq"), e.get("hash"), e.get("signature"))
+        key = (e.get("kind"), entry_chain(e), e.get("seq"), e.get("hash"), e.get("signature"))
         if key not in seen:
             seen.add(key)
             out.append((n, e))
     return out
 
 
-def _log_problems(trail: Trail, signer: AuditSigner, log: LogContents) -> list[Problem]:
-    """Rule 2: every signed line of *log* is in the index, unchanged."""
+def _log_problems(
+    trails: dict[str, Trail], signer: AuditSigner, log: LogContents
+) -> list[Problem]:
+    """Rule 2: every signed line of *log* is in the index, unchanged (in its chain)."""
     problems: list[Problem] = []
-    hashes, last = trail.hashes, trail.last
     for n, e in _signed_entries(log):
+        chain = entry_chain(e)
+        trail = trails.get(chain) or Trail([], (0, GENESIS_HASH), {}, chain)
+        hashes, last = trail.hashes, trail.last
         seq, digest, sig, t = e.get("seq"), e.get("hash"), e.get("signature"), e.get("time")
         where = f"({log.source} line {n})"
         if not (isinstance(seq, int) and isinstance(digest, str) and isinstance(sig, str)):
-            problems.append(Problem(None, None, f"malformed checkpoint entry {where}"))
+            problems.append(Problem(None, None, f"malformed checkpoint entry {where}", chain))
             continue
         t = t if isinstance(t, int | float) else None
-        if not signer.verify(checkpoint_statement(seq, digest), sig):
-            problems.append(Problem(seq, t, f"not signed by this site's audit key {where}"))
+        if not signer.verify(checkpoint_statement(seq, digest, chain), sig):
+            problems.append(Problem(seq, t, f"not signed by this site's audit key {where}", chain))
             continue
         cp = trail.checkpoints.get(seq)
         if seq == GENESIS_SEQ:
             if cp is None:
                 what = "the genesis in the checkpoint log is missing from the index: the trail "
-                problems.append(Problem(seq, t, what + f"was wiped or replaced {where}"))
+                problems.append(Problem(seq, t, what + f"was wiped or replaced {where}", chain))
             elif cp["hash"] != digest:
                 what = "the index's genesis differs from the checkpoint log: the trail was "
-                problems.append(Problem(seq, t, what + f"replaced {where}"))
+                problems.append(Problem(seq, t, what + f"replaced {where}", chain))
             continue
         issues = []
         record = hashes.get(seq)
@@ -224,14 +304,17 @@ def _log_problems(trail: Trail, signer: AuditSigner, log: LogContents) -> list[P
         elif cp["hash"] != digest:
             issues.append("the index's signed checkpoint differs from the checkpoint log")
         if issues:
-            problems.append(Problem(seq, t, "; ".join(issues) + f" {where}"))
+            problems.append(Problem(seq, t, "; ".join(issues) + f" {where}", chain))
     return problems
 
 
-def _check_local(trail: Trail, signer: AuditSigner, ev: Evidence, verdict: Verdict) -> None:
-    """Rules 2-4 for the local log, and the notes it gives rise to."""
+def _check_local(
+    trails: dict[str, Trail], signer: AuditSigner, ev: Evidence, verdict: Verdict, chain: str
+) -> None:
+    """Rules 2-4 for the local log (the evidence of *chain*), and the notes it gives rise to."""
     log = ev.local
     assert log is not None
+    trail = trails.get(chain) or Trail([], (0, GENESIS_HASH), {}, chain)
     if not log.exists:
         if GENESIS_SEQ in trail.checkpoints:
             what = f"the checkpoint log {log.source} is missing, but the index has a genesis"
@@ -245,8 +328,9 @@ def _check_local(trail: Trail, signer: AuditSigner, ev: Evidence, verdict: Verdi
                                 "cut short, e.g. by a crash); it is not counted")  # fmt: skip
     for n in log.repaired:
         verdict.notes.append(f"{log.source} line {n} was cut short by a crash and is not counted")
-    verdict.problems.extend(_log_problems(trail, signer, log))
-    logged = {(e.get("seq"), e.get("hash")) for _n, e in log.of_kind("genesis", "checkpoint")}
+    verdict.problems.extend(_log_problems(trails, signer, log))
+    logged = {(e.get("seq"), e.get("hash")) for _n, e in log.of_kind("genesis", "checkpoint")
+              if entry_chain(e) == chain}  # fmt: skip
     if not ev.alive and not ev.changed:
         for seq, cp in trail.checkpoints.items():
             if (seq, cp["hash"]) not in logged:
@@ -255,7 +339,7 @@ def _check_local(trail: Trail, signer: AuditSigner, ev: Evidence, verdict: Verdi
                     "checkpoint log (a process stopped between its commit and the log write?)"
                 )
     for _n, e in log.of_kind("genesis"):
-        if e.get("legacy"):
+        if e.get("legacy") and entry_chain(e) == chain:
             verdict.notes.append(
                 f"genesis written {_when(e.get('time'))} for a trail made by an older release: "
                 f"its {e.get('records', 0)} earlier records are signed from then on"
@@ -267,9 +351,10 @@ def _check_runs(trail: Trail, ev: Evidence, verdict: Verdict) -> None:
     """Rule 4: the head after the last clean shutdown is covered; unclean ones are warnings."""
     log = ev.local
     assert log is not None
-    signed = [e for _n, e in log.of_kind("genesis", "checkpoint")]
+    chain = trail.chain
+    signed = [e for _n, e in log.of_kind("genesis", "checkpoint") if entry_chain(e) == chain]
     last_signed = max((e.get("seq", 0) for e in signed), default=0)
-    starts = log.of_kind("start")
+    starts = [(n, e) for n, e in log.of_kind("start") if entry_chain(e) == chain]
     finished = {e.get("run") for e in signed if e.get("final")}
     # A run that started before a later run started alone had ended by then.
     last_alone = max((n for n, e in starts if e.get("alone")), default=0)
@@ -296,8 +381,14 @@ def _check_runs(trail: Trail, ev: Evidence, verdict: Verdict) -> None:
     final = max((e.get("seq", 0) for e in signed if e.get("final") or e["kind"] == "genesis"),
                 default=0)  # fmt: skip
     head = max(trail.head[0], trail.last)
+    beyond = [r for r in trail.rows if r["seq"] > final]
+    if head > final and len(beyond) == head - final and all(map(_announces, beyond)):
+        # Another node's first start: it announces its chain here, vouched for by that
+        # chain's signed genesis (checked with the registry), and signs nothing here.
+        verdict.notes.append(f"records {final + 1}-{head} announce other nodes' audit chains")
+        return
     if head > final:
         verdict.problems.append(Problem(head, None, (
             f"the head is not covered by the checkpoint of the last clean shutdown (seq {final}):"
             f" records {final + 1}-{head} were added without pacsvault signing them"
-        )))  # fmt: skip
+        ), chain))  # fmt: skip

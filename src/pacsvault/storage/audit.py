@@ -24,7 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 
 from pacsvault.security.audit import (
@@ -32,10 +33,13 @@ from pacsvault.security.audit import (
     GENESIS_HASH,
     GENESIS_SEQ,
     HEAD_KEY,
+    ROOT_CHAIN,
     Action,
     AuditUnavailable,
     Outcome,
+    chain_announcement,
     checkpoint_statement,
+    head_key,
     record_hash,
 )
 from pacsvault.security.audit_keys import AuditSigner
@@ -49,13 +53,27 @@ from pacsvault.storage.index import Index, after_commit, write_transaction
 log = logging.getLogger("pacsvault.audit")
 
 
-def read_head(conn: Connection) -> tuple[int, str]:
-    """(sequence number, hash) of the last record; (0, genesis) for an empty trail."""
-    value = conn.scalar(select(s.settings_kv.c.value).where(s.settings_kv.c.key == HEAD_KEY))
+def read_head(conn: Connection, chain: str = ROOT_CHAIN, *, lock: bool = False) -> tuple[int, str]:
+    """(sequence number, hash) of *chain*'s last record; (0, genesis) for an empty chain.
+
+    With *lock* (PostgreSQL), the head row is created if missing and locked for the rest
+    of the transaction, so concurrent writers of the chain (other processes) extend it
+    one after the other; SQLite's write transaction already excludes them.
+    """
+    kv, key = s.settings_kv, head_key(chain)
+    query = select(kv.c.value).where(kv.c.key == key)
+    if lock and conn.dialect.name == "postgresql":
+        value = conn.scalar(query.with_for_update())
+        if value is None:
+            conn.execute(
+                pg_insert(kv).values(key=key, value=f"0:{GENESIS_HASH}").on_conflict_do_nothing()
+            )
+            value = conn.scalar(query.with_for_update())
+    else:
+        value = conn.scalar(query)
     if not value:
         return 0, GENESIS_HASH
-    seq, _, digest = value.partition(":")
-    return int(seq), digest
+    return _parse_head(value)
 
 
 def _parse_head(value: str) -> tuple[int, str]:
@@ -73,13 +91,23 @@ _SET_HEAD_SQL = f"UPDATE {s.settings_kv.name} SET value = ? WHERE key = ?"
 _NEW_HEAD_SQL = f"INSERT INTO {s.settings_kv.name} (key, value) VALUES (?, ?)"
 
 
-def _write_head(conn: Connection, seq: int, digest: str) -> None:
-    value = f"{seq}:{digest}"
+def _write_head(conn: Connection, chain: str, seq: int, digest: str) -> None:
+    value, key = f"{seq}:{digest}", head_key(chain)
     updated = conn.execute(
-        update(s.settings_kv).where(s.settings_kv.c.key == HEAD_KEY).values(value=value)
+        update(s.settings_kv).where(s.settings_kv.c.key == key).values(value=value)
     ).rowcount
     if not updated:
-        conn.execute(insert(s.settings_kv).values(key=HEAD_KEY, value=value))
+        conn.execute(insert(s.settings_kv).values(key=key, value=value))
+
+
+def append(conn: Connection, chain: str, row: dict[str, Any]) -> dict[str, Any]:
+    """Append *row* to *chain* in *conn*'s write transaction; returns it as stored."""
+    seq, prev = read_head(conn, chain, lock=True)
+    row = {**row, "chain": chain, "seq": seq + 1, "prev_hash": prev}
+    row["hash"] = record_hash(prev, row)
+    conn.execute(insert(s.audit_events).values(**row))
+    _write_head(conn, chain, row["seq"], row["hash"])
+    return row
 
 
 Submit = Callable[[Callable[[Connection], Any]], Any]
@@ -91,6 +119,10 @@ class AuditTrail:
     With a signer and a checkpoint log, the first record this process writes begins a
     *run* (a ``start`` line in the log) and :meth:`close` ends it with a final signed
     checkpoint of the head.
+
+    Records go to *chain*: the node's own hash chain (``index.node``; "" is the site's
+    first chain). Nodes sharing a PostgreSQL index thus never wait for each other's
+    records; processes of one node extend its chain one after the other.
     """
 
     def __init__(
@@ -101,8 +133,11 @@ class AuditTrail:
         signer: AuditSigner | None = None,
         checkpoint_every: int = 100,
         checkpoint_log: CheckpointLog | None = None,
+        chain: str = ROOT_CHAIN,
     ) -> None:
         self.index = index
+        self.chain = chain
+        self._head_key = head_key(chain)
         self._submit = submit
         self.signer = signer
         self.checkpoint_every = checkpoint_every
@@ -143,17 +178,7 @@ class AuditTrail:
         if conn.dialect.name == "sqlite":
             self._insert_sqlite(conn, row)
             return
-        if conn.dialect.name == "postgresql":
-            conn.execute(
-                select(s.settings_kv.c.value)
-                .where(s.settings_kv.c.key == HEAD_KEY)
-                .with_for_update()
-            )
-        seq, prev = read_head(conn)
-        row = {**row, "seq": seq + 1, "prev_hash": prev}
-        row["hash"] = record_hash(prev, row)
-        conn.execute(insert(s.audit_events).values(**row))
-        _write_head(conn, row["seq"], row["hash"])
+        row = append(conn, self.chain, row)
         if self.signer is not None and row["seq"] % self.checkpoint_every == 0:
             run = self._run
             self._checkpoint(conn, row["seq"], row["hash"], run_id=run.id if run else None)
@@ -166,14 +191,15 @@ class AuditTrail:
         """
         cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            found = cur.execute(_HEAD_SQL, (HEAD_KEY,)).fetchone()
+            key = self._head_key
+            found = cur.execute(_HEAD_SQL, (key,)).fetchone()
             seq, prev = (0, GENESIS_HASH) if not found or not found[0] else _parse_head(found[0])
-            row = {**row, "seq": seq + 1, "prev_hash": prev}
+            row = {**row, "chain": self.chain, "seq": seq + 1, "prev_hash": prev}
             row["hash"] = record_hash(prev, row)
             cur.execute(_INSERT_SQL, [row.get(c) for c in _AUDIT_COLUMNS])
             head = f"{row['seq']}:{row['hash']}"
-            if not cur.execute(_SET_HEAD_SQL, (head, HEAD_KEY)).rowcount:
-                cur.execute(_NEW_HEAD_SQL, (HEAD_KEY, head))
+            if not cur.execute(_SET_HEAD_SQL, (head, key)).rowcount:
+                cur.execute(_NEW_HEAD_SQL, (key, head))
         except sqlite3.Error as exc:
             raise DBAPIError.instance(
                 _INSERT_SQL, None, exc, sqlite3.Error, hide_parameters=True, dialect=None
@@ -198,7 +224,7 @@ class AuditTrail:
         with self._run_lock:
             if self._run is None:
                 try:
-                    self._run = self.log.begin_run(secrets.token_hex(8), label)
+                    self._run = self.log.begin_run(secrets.token_hex(8), label, self.chain)
                 except OSError as exc:
                     log.error("cannot write the audit checkpoint log: %s", exc.strerror)
 
@@ -225,15 +251,16 @@ class AuditTrail:
         even then, since the log line is what records the clean stop of *run_id*.
         """
         assert self.signer is not None
-        signature = self.signer.sign(checkpoint_statement(seq, digest))
+        cps, chain = s.audit_checkpoints, self.chain
+        signature = self.signer.sign(checkpoint_statement(seq, digest, chain))
         now = time.time()
         exists_already = conn.scalar(
-            select(s.audit_checkpoints.c.seq).where(s.audit_checkpoints.c.seq == seq)
+            select(cps.c.seq).where(cps.c.chain == chain, cps.c.seq == seq)
         )
         if exists_already is None:
             conn.execute(
-                insert(s.audit_checkpoints).values(
-                    seq=seq, hash=digest, time=now, signature=signature
+                insert(cps).values(
+                    chain=chain, seq=seq, hash=digest, time=now, signature=signature
                 )
             )
         elif not final:
@@ -242,7 +269,17 @@ class AuditTrail:
                         "signature": signature, "final": final}  # fmt: skip
         if run_id is not None:
             entry["run"] = run_id
-        self._log_entry(conn, entry)
+        self._log_entry(conn, self._tagged(entry))
+
+    def _tagged(self, entry: Entry) -> Entry:
+        """*entry* with this trail's chain named (entries of the first chain name none)."""
+        return {**entry, "chain": self.chain} if self.chain != ROOT_CHAIN else entry
+
+    def _genesis_hash(self, conn: Connection) -> str | None:
+        cps = s.audit_checkpoints
+        return conn.scalar(
+            select(cps.c.hash).where(cps.c.chain == self.chain, cps.c.seq == GENESIS_SEQ)
+        )
 
     def _write(self, op: Callable[[Connection], Any]) -> Any:
         """Run *op* in a committed write transaction (through the writer if there is one)."""
@@ -260,12 +297,9 @@ class AuditTrail:
             return
 
         def op(conn: Connection) -> None:
-            seq, digest = read_head(conn)
+            seq, digest = read_head(conn, self.chain, lock=True)
             if not seq:
-                digest = conn.scalar(
-                    select(s.audit_checkpoints.c.hash)
-                    .where(s.audit_checkpoints.c.seq == GENESIS_SEQ)
-                )  # fmt: skip
+                digest = self._genesis_hash(conn)  # type: ignore[assignment]
                 if not final or digest is None:
                     return
             self._checkpoint(conn, seq, digest, final=final, run_id=run_id)
@@ -300,40 +334,51 @@ class AuditTrail:
         """
         if self.log is None or self.signer is None:
             return
-        cps = s.audit_checkpoints
         with self.index.engine.connect() as conn:
-            if conn.scalar(select(cps.c.seq).where(cps.c.seq == GENESIS_SEQ)) is not None:
+            if self._genesis_hash(conn) is not None:
                 return
-        if self.log.has_genesis():
+        if self.log.has_genesis(self.chain):
             return
         self.log.ensure_file()
         with write_transaction(self.index.engine) as conn:
-            if conn.scalar(select(cps.c.seq).where(cps.c.seq == GENESIS_SEQ)) is not None:
+            if conn.dialect.name == "postgresql":
+                read_head(conn, self.chain, lock=True)  # one genesis, however many start
+            if self._genesis_hash(conn) is not None:
                 return  # another process was quicker
-            self._genesis(conn, legacy=not new_site)
+            # Only the first chain can predate the genesis (an older release's trail).
+            self._genesis(conn, legacy=not new_site and self.chain == ROOT_CHAIN)
 
     def _genesis(self, conn: Connection, *, legacy: bool) -> None:
-        """Insert the genesis (and, for a legacy trail, sign its head); log after commit."""
+        """Insert the genesis (and, for a legacy trail, sign its head); log after commit.
+
+        The genesis of a node's own chain is announced by a record in the first chain,
+        so that ``audit verify`` misses no chain that was deleted whole.
+        """
         assert self.signer is not None
+        cps, chain = s.audit_checkpoints, self.chain
         trail_id = secrets.token_hex(32)
         now = time.time()
-        signature = self.signer.sign(checkpoint_statement(GENESIS_SEQ, trail_id))
+        signature = self.signer.sign(checkpoint_statement(GENESIS_SEQ, trail_id, chain))
         conn.execute(
-            insert(s.audit_checkpoints).values(
-                seq=GENESIS_SEQ, hash=trail_id, time=now, signature=signature
+            insert(cps).values(
+                chain=chain, seq=GENESIS_SEQ, hash=trail_id, time=now, signature=signature
             )
         )
         genesis: Entry = {"kind": "genesis", "seq": GENESIS_SEQ, "hash": trail_id, "time": now,
                           "signature": signature, "legacy": legacy}  # fmt: skip
-        head_seq, head_hash = read_head(conn)
+        head_seq, head_hash = read_head(conn, chain)
         if legacy:
             genesis["records"] = head_seq
-        self._log_entry(conn, genesis)
+        self._log_entry(conn, self._tagged(genesis))
+        if chain != ROOT_CHAIN:
+            row = self.row(Action.AUDIT_CHAIN, Outcome.SUCCESS, None,
+                           detail=chain_announcement(chain, trail_id))  # fmt: skip
+            append(conn, ROOT_CHAIN, row)
         if not legacy:
             return
         old = conn.execute(
-            select(s.audit_checkpoints).where(s.audit_checkpoints.c.seq > GENESIS_SEQ)
-            .order_by(s.audit_checkpoints.c.seq)
+            select(cps).where(cps.c.chain == chain, cps.c.seq > GENESIS_SEQ)
+            .order_by(cps.c.seq)
         ).mappings().all()  # fmt: skip
         for cp in old:
             if self.signer.verify(checkpoint_statement(cp["seq"], cp["hash"]), cp["signature"]):
@@ -375,13 +420,38 @@ class AuditTrail:
     # -- reading --------------------------------------------------------------------------
 
     def read_trail(self) -> Trail:
-        """Records, head and checkpoints, read in one transaction (a consistent view)."""
-        with self.index.engine.connect() as conn, conn.begin():
-            rows = conn.execute(
-                select(s.audit_events).order_by(s.audit_events.c.id)
-            ).mappings().all()  # fmt: skip
-            cps = conn.execute(select(s.audit_checkpoints).order_by(s.audit_checkpoints.c.seq))
-            return Trail(list(rows), read_head(conn), {cp["seq"]: cp for cp in cps.mappings()})
+        """This trail's chain (see :meth:`read_trails`); an empty one if it has none yet."""
+        return self.read_trails().get(self.chain) or Trail([], (0, GENESIS_HASH), {}, self.chain)
+
+    def read_trails(self) -> dict[str, Trail]:
+        """Every chain's records, head and checkpoints, read in one transaction (a
+        consistent view: a snapshot on PostgreSQL, where other nodes keep writing)."""
+        a, cps, kv = s.audit_events, s.audit_checkpoints, s.settings_kv
+        with self.index.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                rows = conn.execute(select(a).order_by(a.c.chain, a.c.id)).mappings().all()
+                points = conn.execute(select(cps).order_by(cps.c.chain, cps.c.seq)).mappings()
+                heads = conn.execute(
+                    select(kv.c.key, kv.c.value).where(
+                        or_(kv.c.key == HEAD_KEY, kv.c.key.like(f"{HEAD_KEY}:%"))
+                    )
+                ).all()
+                trails: dict[str, Trail] = {}
+
+                def trail(chain: str) -> Trail:
+                    return trails.setdefault(chain, Trail([], (0, GENESIS_HASH), {}, chain))
+
+                for row in rows:
+                    trail(row["chain"]).rows.append(row)
+                for cp in points:
+                    trail(cp["chain"]).checkpoints[cp["seq"]] = cp
+                for key, value in heads:
+                    chain = "" if key == HEAD_KEY else key.partition(":")[2]
+                    if value:
+                        trail(chain).head = _parse_head(value)
+        return trails
 
     def verify(self, copies: Sequence[LogContents] = ()) -> Verdict:
         """Check the trail against the local checkpoint log and *copies* (see
@@ -394,14 +464,15 @@ class AuditTrail:
         if log is None or signer is None:
             raise AuditUnavailable("no signing key: the trail cannot be verified")
         local = log.read()
-        trail = self.read_trail()
+        trails = self.read_trails()
         evidence = Evidence(local, list(copies), log.writers_alive(), log.size() != local.size)
-        return check(trail, signer, evidence)
+        return check(trails, signer, evidence, chain=self.chain)
 
     def search(self, q: AuditQuery) -> list[dict[str, Any]]:
-        """Records matching every filter of *q*, in chain order."""
+        """Records matching every filter of *q*, in the order they were written (several
+        nodes' chains interleaved by time)."""
         a = s.audit_events
-        stmt = select(a).order_by(a.c.seq)
+        stmt = select(a).order_by(a.c.time, a.c.id)
         if q.user:
             stmt = stmt.where(a.c.actor == f"user:{q.user}")
         if q.peer:
@@ -424,19 +495,26 @@ class AuditTrail:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 
     def records_after(self, seq: int, limit: int = 200) -> list[Mapping[str, Any]]:
-        """Up to *limit* records with a sequence number above *seq*, in order."""
+        """Up to *limit* records of this trail's chain with a sequence number above *seq*."""
         a = s.audit_events
-        stmt = select(a).where(a.c.seq > seq).order_by(a.c.seq).limit(limit)
+        stmt = (
+            select(a).where(a.c.chain == self.chain, a.c.seq > seq).order_by(a.c.seq).limit(limit)
+        )
         with self.index.engine.connect() as conn:
             return list(conn.execute(stmt).mappings().all())
 
+    def _state_key(self, key: str) -> str:
+        return key if self.chain == ROOT_CHAIN else f"{key}:{self.chain}"
+
     def get_state(self, key: str) -> str | None:
-        """A small value kept beside the trail (e.g. how far forwarding got)."""
+        """A small value kept beside this trail's chain (e.g. how far forwarding got)."""
+        key = self._state_key(key)
         with self.index.engine.connect() as conn:
             return conn.scalar(select(s.settings_kv.c.value).where(s.settings_kv.c.key == key))
 
     def set_state(self, key: str, value: str) -> None:
         kv = s.settings_kv
+        key = self._state_key(key)
         with self.index.engine.begin() as conn:
             if not conn.execute(update(kv).where(kv.c.key == key).values(value=value)).rowcount:
                 conn.execute(insert(kv).values(key=key, value=value))

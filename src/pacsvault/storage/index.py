@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
+    URL,
     Connection,
     Engine,
     Table,
@@ -32,10 +33,12 @@ from sqlalchemy import (
     exists,
     false,
     func,
+    make_url,
     or_,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -138,9 +141,37 @@ def after_commit(conn: Connection, action: Callable[[], None]) -> bool:
     return True
 
 
+#: Connections each process keeps open to PostgreSQL, and how many more it may open
+#: under load. A serve process needs one for the index writer, one per running query
+#: (a streamed C-FIND/QIDO answer holds its connection while it is sent) and a few for
+#: policy checks; several nodes share the server's max_connections (100 by default).
+PG_POOL_SIZE = 5
+PG_MAX_OVERFLOW = 15
+
+
+def engine_url(url: str) -> URL:
+    """*url* as SQLAlchemy should open it: ``postgresql://`` (and ``postgres://``) mean
+    psycopg 3. Raises ValueError for a database or driver pacsvault does not support
+    (the message never repeats the URL, which may hold a password)."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise ValueError("the index URL is not a valid database URL") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite" and driver in ("", "pysqlite"):
+        return parsed
+    if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
+        return parsed.set(drivername="postgresql+psycopg")
+    raise ValueError(
+        "the index URL must be sqlite:///PATH or postgresql://USER@HOST/DATABASE "
+        f"(not {parsed.drivername}://)"
+    )
+
+
 def open_engine(url: str) -> Engine:
     """Create the engine for *url*, configured for durable, concurrent use."""
-    if url.startswith("sqlite"):
+    target = engine_url(url)
+    if target.get_backend_name() == "sqlite":
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
@@ -151,7 +182,16 @@ def open_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    return create_engine(
+        target,
+        pool_size=PG_POOL_SIZE,
+        max_overflow=PG_MAX_OVERFLOW,
+        pool_timeout=30,
+        pool_pre_ping=True,  # a connection the server or a proxy dropped is replaced
+        pool_recycle=3600,
+        hide_parameters=True,
+        connect_args={"connect_timeout": 10, "application_name": "pacsvault"},
+    )
 
 
 def _with_folds(values: Mapping[str, str | None], level: Level) -> dict[str, str | None]:
@@ -204,6 +244,25 @@ _PATIENT_LOOKUP = select(s.patients.c.pk).where(
     func.coalesce(s.patients.c.issuer_of_patient_id, s.EMPTY) == bindparam("issuer"),
 )
 _INSERT = {level: table.insert() for level, table in s.LEVEL_TABLES.items()}
+# PostgreSQL: a row another writer inserted first is not an error; RETURNING gives
+# the new key, or nothing when the other writer's row stands (see _record_shared).
+_INSERT_NEW = {
+    Level.PATIENT: pg_insert(s.patients)
+    .on_conflict_do_nothing(
+        index_elements=[s.patients.c.patient_id,
+                        func.coalesce(s.patients.c.issuer_of_patient_id, s.EMPTY)],
+        index_where=s.IDENTIFIED_PATIENT,
+    )
+    .returning(s.patients.c.pk),
+    Level.STUDY: pg_insert(s.studies)
+    .on_conflict_do_nothing(index_elements=[s.studies.c.study_instance_uid])
+    .returning(s.studies.c.pk),
+    Level.SERIES: pg_insert(s.series)
+    .on_conflict_do_nothing(index_elements=[s.series.c.series_instance_uid])
+    .returning(s.series.c.pk),
+}  # fmt: skip
+_SERIES_LOOKUP_LOCKED = _SERIES_LOOKUP.with_for_update(of=s.studies)
+_STUDY_LOOKUP_LOCKED = _STUDY_LOOKUP.with_for_update()
 _COUNT_SERIES = (
     update(s.series)
     .where(s.series.c.pk == bindparam("row_pk"))
@@ -381,21 +440,42 @@ class Index:
         keeps its first-seen attributes (and its patient); an existing SOP Instance UID
         violates the unique constraint and raises. This is the ingest hot path: the
         common case (a series already known) costs one lookup, one insert and three
-        updates, all through statements compiled once.
+        updates, all through statements compiled once. On SQLite they run on the
+        sqlite3 connection itself (:class:`_Sqlite`); elsewhere (PostgreSQL) through
+        SQLAlchemy, safe against writers in other processes (see :meth:`_record_shared`).
         """
-        hit = conn.execute(_SERIES_LOOKUP, {"uid": rec.series["series_instance_uid"]}).first()
+        raw = _dbapi(conn)
+        if raw is None:
+            self._record_shared(conn, rec)
+            return
+        cur = raw.cursor()
+        try:
+            self._record_instance_sqlite(cur, rec)
+        finally:
+            cur.close()
+
+    def _record_shared(self, conn: Connection, rec: InstanceRecord) -> None:
+        """:meth:`record_instance` on a database that several processes write (PostgreSQL).
+
+        SQLite's single writer made lookup-then-insert safe; here other nodes insert and
+        count concurrently, so: the study row is locked (``FOR UPDATE``) where it is read,
+        which keeps its modality and SOP class lists from losing another node's addition
+        (its counts are updated in place and lock it anyway); and patients, studies and
+        series are inserted ``ON CONFLICT DO NOTHING``: a node that loses the race to
+        create one waits for the winner's commit and then uses its row.
+        """
+        series_uid = {"uid": rec.series["series_instance_uid"]}
+        hit = conn.execute(_SERIES_LOOKUP_LOCKED, series_uid).first()
         new_series = new_study = hit is None
         if hit is not None:
             series_pk, study_pk, patient_pk, modalities, classes = hit
         else:
-            study = conn.execute(_STUDY_LOOKUP, {"uid": rec.study["study_instance_uid"]}).first()
-            new_study = study is None
-            if study is not None:
-                study_pk, patient_pk, modalities, classes = study
-            else:
-                patient_pk = self._patient_pk(conn, rec)
-                study_pk = conn.execute(
-                    _INSERT[Level.STUDY],
+            study_uid = {"uid": rec.study["study_instance_uid"]}
+            study = conn.execute(_STUDY_LOOKUP_LOCKED, study_uid).first()
+            if study is None:
+                patient_pk, patient_is_new = self._patient_pk(conn, rec)
+                created = conn.execute(
+                    _INSERT_NEW[Level.STUDY],
                     {
                         **_with_folds(rec.study, Level.STUDY),
                         **_patient_copy(rec.patient),
@@ -405,13 +485,25 @@ class Index:
                         "modalities_in_study": None,
                         "sop_classes_in_study": None,
                     },
-                ).inserted_primary_key[0]
-                modalities = classes = None
+                ).scalar()
+                if created is None:  # another node created the study meanwhile
+                    if patient_is_new:
+                        conn.execute(s.patients.delete().where(s.patients.c.pk == patient_pk))
+                    study = conn.execute(_STUDY_LOOKUP_LOCKED, study_uid).one()
+                else:
+                    study_pk, modalities, classes = created, None, None
+            if study is not None:
+                new_study = False
+                study_pk, patient_pk, modalities, classes = study
             series_pk = conn.execute(
-                _INSERT[Level.SERIES],
+                _INSERT_NEW[Level.SERIES],
                 {**_with_folds(rec.series, Level.SERIES), "study_pk": study_pk,
                  "charset": rec.charset},
-            ).inserted_primary_key[0]  # fmt: skip
+            ).scalar()  # fmt: skip
+            if series_pk is None:  # another node created the series meanwhile
+                hit = conn.execute(_SERIES_LOOKUP_LOCKED, series_uid).one()
+                series_pk, study_pk, patient_pk, modalities, classes = hit
+                new_series = False
 
         conn.execute(
             _INSERT[Level.IMAGE],
@@ -502,24 +594,25 @@ class Index:
         values = _with_folds({**rec.patient, "patient_id": patient_id}, Level.PATIENT)
         return _insert_row(cur, Level.PATIENT, {**values, "charset": rec.charset})
 
-    def _patient_pk(self, conn: Connection, rec: InstanceRecord) -> int:
-        """The patient of a new study: the row of its PatientID + issuer, or a new row.
+    def _patient_pk(self, conn: Connection, rec: InstanceRecord) -> tuple[int, bool]:
+        """The patient of a new study: the row of its PatientID + issuer, or a new row
+        (then True).
 
         A study without a PatientID (absent or empty) always gets a new patient row.
         An existing row keeps its first-seen attributes; the study keeps its own.
         """
         patient_id = rec.patient.get("patient_id") or ""
-        if patient_id:
-            issuer = rec.patient.get("issuer_of_patient_id") or ""
-            row = conn.execute(_PATIENT_LOOKUP, {"pid": patient_id, "issuer": issuer}).first()
-            if row is not None:
-                return int(row[0])
         values = _with_folds({**rec.patient, "patient_id": patient_id}, Level.PATIENT)
-        return int(
-            conn.execute(
-                _INSERT[Level.PATIENT], {**values, "charset": rec.charset}
-            ).inserted_primary_key[0]
-        )
+        issuer = rec.patient.get("issuer_of_patient_id") or ""
+        lookup = {"pid": patient_id, "issuer": issuer}
+        if patient_id:
+            row = conn.execute(_PATIENT_LOOKUP, lookup).first()
+            if row is not None:
+                return int(row[0]), False
+        pk = conn.execute(_INSERT_NEW[Level.PATIENT], {**values, "charset": rec.charset}).scalar()
+        if pk is None:  # another node added this patient meanwhile
+            return int(conn.execute(_PATIENT_LOOKUP, lookup).scalar_one()), False
+        return int(pk), True
 
     def replace_instance(self, conn: Connection, rec: InstanceRecord) -> None:
         """Point an existing SOP instance at a new copy (the 'replace' duplicate policy).
@@ -635,8 +728,7 @@ class Index:
         if scope.physicians:
             # The stored fold keeps trailing empty components ("smith^john^^"); the
             # scope's keys are without them (see physician_key).
-            name = func.rtrim(st.c.referring_physician_name_fold, "^= ")
-            parts.append(name.in_(scope.physicians))
+            parts.append(s.REFERRER_KEY.in_(scope.physicians))
         if scope.studies:
             parts.append(st.c.study_instance_uid.in_(scope.studies))
         visible = or_(*parts)

@@ -7,11 +7,12 @@ refusal as any other failure, so a guesser learns nothing from it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, delete, func, insert, select, text
 
 from pacsvault.security.audit import Action, Outcome
 from pacsvault.security.identity import Actor
@@ -20,6 +21,15 @@ from pacsvault.storage.audit import AuditTrail
 from pacsvault.storage.index import Index, write_transaction
 
 log = logging.getLogger("pacsvault.lockout")
+
+
+_KEY_LOCK = text("SELECT pg_advisory_xact_lock(:id)")
+
+
+def _lock_id(key: str) -> int:
+    """The advisory lock id of a lockout key: 64 bits of a hash, in PostgreSQL's bigint."""
+    digest = hashlib.sha256(b"pacsvault-lockout\0" + key.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,13 @@ class Lockout:
         now = time.time()
         locked: list[str] = []
         with write_transaction(self.index.engine) as conn:
+            if conn.dialect.name == "postgresql":
+                # SQLite's write transaction excludes every other writer; on PostgreSQL
+                # nodes count the same key concurrently, so each key's count, test and
+                # lock happen under a transaction-level lock of that key (in a fixed
+                # order, so two failures naming the same keys never deadlock).
+                for key in sorted(set(keys)):
+                    conn.execute(_KEY_LOCK, {"id": _lock_id(key)})
             conn.execute(
                 delete(s.lockout_failures).where(s.lockout_failures.c.time < now - self.window)
             )

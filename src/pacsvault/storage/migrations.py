@@ -23,13 +23,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
+    Float,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     ScalarSelect,
+    String,
     Table,
     Text,
+    UniqueConstraint,
     func,
     insert,
     inspect,
@@ -37,6 +42,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.schema import CreateTable
 
 from pacsvault import __version__
 from pacsvault.storage import schema as s
@@ -249,10 +255,90 @@ def _to_v4(conn: Connection) -> None:
         conn.execute(text(statement))
 
 
+# -- migration 5: one audit chain per node; PostgreSQL's pattern indexes ------------------
+
+_v5 = MetaData()
+_V5_AUDIT_EVENTS = Table(
+    "audit_events",
+    _v5,
+    Column("id", Integer, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("time", Float, nullable=False),
+    Column("event_code", String(16), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("actor", Text),
+    Column("address", Text),
+    Column("study_uid", String(64)),
+    Column("patient_ref", String(64)),
+    Column("detail", Text),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("chain", String(32), nullable=False, server_default=""),
+    UniqueConstraint("chain", "seq", name="uq_audit_events_chain_seq"),
+)
+_V5_AUDIT_CHECKPOINTS = Table(
+    "audit_checkpoints",
+    _v5,
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("time", Float, nullable=False),
+    Column("signature", Text, nullable=False),
+    Column("chain", String(32), nullable=False, server_default=""),
+    PrimaryKeyConstraint("chain", "seq", name="pk_audit_checkpoints"),
+)
+_V5_AUDIT_INDEXES = ("CREATE INDEX ix_audit_time ON audit_events (time)",)
+_V5_PG = (
+    # The audit tables: (chain, seq) is the key where seq alone was.
+    "ALTER TABLE audit_events ADD COLUMN chain VARCHAR(32) DEFAULT '' NOT NULL",
+    "ALTER TABLE audit_events DROP CONSTRAINT audit_events_seq_key",
+    "ALTER TABLE audit_events ADD CONSTRAINT uq_audit_events_chain_seq UNIQUE (chain, seq)",
+    "ALTER TABLE audit_checkpoints ADD COLUMN chain VARCHAR(32) DEFAULT '' NOT NULL",
+    "ALTER TABLE audit_checkpoints DROP CONSTRAINT audit_checkpoints_pkey",
+    "ALTER TABLE audit_checkpoints ADD CONSTRAINT pk_audit_checkpoints PRIMARY KEY (chain, seq)",
+    # Prefix (LIKE 'abc%') matches use these in any collation.
+    "DROP INDEX ix_patients_name_fold",
+    "CREATE INDEX ix_patients_name_fold ON patients (patient_name_fold text_pattern_ops)",
+    "DROP INDEX ix_studies_accession",
+    "CREATE INDEX ix_studies_accession ON studies (accession_number text_pattern_ops)",
+    "DROP INDEX ix_studies_patient_id",
+    "CREATE INDEX ix_studies_patient_id ON studies (patient_id text_pattern_ops)",
+    "DROP INDEX ix_studies_patient_name_fold",
+    "CREATE INDEX ix_studies_patient_name_fold ON studies (patient_name_fold text_pattern_ops)",
+    "CREATE INDEX ix_patients_patient_id_pattern ON patients (patient_id text_pattern_ops)",
+    "CREATE INDEX ix_studies_referrer_key ON studies "
+    "(rtrim(referring_physician_name_fold, '^= '))",
+)
+
+
+def _v5_rebuild_sqlite(conn: Connection, table: Table) -> None:
+    """Rebuild *table* on SQLite with its v5 definition (a constraint changes), rows kept."""
+    old = [c.name for c in table.c if c.name != "chain"]
+    columns = ", ".join(old)
+    staging = table.to_metadata(MetaData(), name=f"{table.name}_v5")
+    conn.execute(CreateTable(staging))
+    conn.execute(text(f"INSERT INTO {staging.name} ({columns}) SELECT {columns} FROM {table.name}"))
+    conn.execute(text(f"DROP TABLE {table.name}"))
+    conn.execute(text(f"ALTER TABLE {staging.name} RENAME TO {table.name}"))
+
+
+def _to_v5(conn: Connection) -> None:
+    """Schema 5: audit records and checkpoints keyed by (chain, seq); PostgreSQL indexes."""
+    if conn.dialect.name == "postgresql":
+        for statement in _V5_PG:
+            conn.execute(text(statement))
+        return
+    _v5_rebuild_sqlite(conn, _V5_AUDIT_EVENTS)
+    _v5_rebuild_sqlite(conn, _V5_AUDIT_CHECKPOINTS)
+    for statement in _V5_AUDIT_INDEXES:
+        conn.execute(text(statement))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "a patient is PatientID + IssuerOfPatientID; studies keep their own copy", _to_v2),
     Migration(3, "access policy roles, referrer physician links, shared studies", _to_v3),
     Migration(4, "web sessions, API tokens, second factors", _to_v4),
+    Migration(5, "one audit chain per node; pattern indexes on PostgreSQL", _to_v5),
 )
 assert [m.version for m in MIGRATIONS] == list(range(2, s.SCHEMA_VERSION + 1))
 

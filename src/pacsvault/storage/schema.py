@@ -24,16 +24,18 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
+    UniqueConstraint,
     func,
     literal_column,
 )
 
 from pacsvault.dicom.attributes import ATTRIBUTES, PATIENT_ATTRIBUTES, IndexAttribute, Kind, Level
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # The patient-level attributes every study keeps a copy of (all but the derived counts).
 PATIENT_COPY: list[IndexAttribute] = [a for a in PATIENT_ATTRIBUTES if not a.derived]
@@ -237,11 +239,13 @@ lockouts = Table(
     Column("reason", Text, nullable=False),
 )
 
+# The audit trail: one hash chain per writing node (see storage.audit); "" is the
+# site's first chain, the only one of a single-node site.
 audit_events = Table(
     "audit_events",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("seq", BigInteger, nullable=False, unique=True),
+    Column("seq", BigInteger, nullable=False),
     Column("time", Float, nullable=False),
     Column("event_code", String(16), nullable=False),
     Column("action", String(32), nullable=False),
@@ -253,15 +257,19 @@ audit_events = Table(
     Column("detail", Text),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    Column("chain", String(32), nullable=False, default="", server_default=""),
+    UniqueConstraint("chain", "seq", name="uq_audit_events_chain_seq"),
 )
 
 audit_checkpoints = Table(
     "audit_checkpoints",
     metadata,
-    Column("seq", BigInteger, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
     Column("time", Float, nullable=False),
     Column("signature", Text, nullable=False),
+    Column("chain", String(32), nullable=False, default="", server_default=""),
+    PrimaryKeyConstraint("chain", "seq", name="pk_audit_checkpoints"),
 )
 
 settings_kv = Table(
@@ -284,8 +292,22 @@ Index(
     postgresql_where=IDENTIFIED_PATIENT,
 )
 Index("ix_studies_date", studies.c.study_date)
-Index("ix_patients_name_fold", patients.c.patient_name_fold)
-Index("ix_studies_accession", studies.c.accession_number)
-Index("ix_studies_patient_id", studies.c.patient_id)
-Index("ix_studies_patient_name_fold", studies.c.patient_name_fold)
+# Prefix matches (a DICOM wildcard "SMITH*" is LIKE 'smith%'): SQLite's indexes serve
+# them (case_sensitive_like); PostgreSQL's serve LIKE only with text_pattern_ops unless
+# the database's collation is C, and those still serve equality. Names are matched
+# case-folded through their stored *_fold twins, so no lower() expression is needed.
+Index("ix_patients_name_fold", patients.c.patient_name_fold,
+      postgresql_ops={"patient_name_fold": "text_pattern_ops"})  # fmt: skip
+Index("ix_studies_accession", studies.c.accession_number,
+      postgresql_ops={"accession_number": "text_pattern_ops"})  # fmt: skip
+Index("ix_studies_patient_id", studies.c.patient_id,
+      postgresql_ops={"patient_id": "text_pattern_ops"})  # fmt: skip
+Index("ix_studies_patient_name_fold", studies.c.patient_name_fold,
+      postgresql_ops={"patient_name_fold": "text_pattern_ops"})  # fmt: skip
+# PostgreSQL only: what SQLite answers well enough by scanning a single-node archive.
+Index("ix_patients_patient_id_pattern", patients.c.patient_id,
+      postgresql_ops={"patient_id": "text_pattern_ops"}).ddl_if(dialect="postgresql")  # fmt: skip
+# The scope of a referrer (storage.index._scope_clause) matches this expression.
+REFERRER_KEY = func.rtrim(studies.c.referring_physician_name_fold, literal_column("'^= '"))
+Index("ix_studies_referrer_key", REFERRER_KEY).ddl_if(dialect="postgresql")
 Index("ix_audit_time", audit_events.c.time)

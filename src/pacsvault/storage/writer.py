@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -26,6 +27,14 @@ T = TypeVar("T")
 Operation = Callable[[Connection], Any]
 
 MAX_BATCH = 256
+TRANSIENT_RETRIES = 5
+#: PostgreSQL's SQLSTATEs for a transaction that failed only because of another one.
+_TRANSIENT_STATES = ("40001", "40P01")  # serialization_failure, deadlock_detected
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when *exc* failed a transaction that can simply run again."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in _TRANSIENT_STATES
 
 
 class IndexWriter:
@@ -83,9 +92,11 @@ class IndexWriter:
                 batch.append(item)
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[Operation, Future[Any]]]) -> None:
+    def _commit(self, batch: list[tuple[Operation, Future[Any]]], attempt: int = 1) -> None:
         """Run *batch* in one transaction. If anything fails, each op is retried alone,
-        so one bad operation never takes the others down with it."""
+        so one bad operation never takes the others down with it. An op that another
+        process's transaction made fail (PostgreSQL: deadlock, serialization failure) is
+        run again, up to :data:`TRANSIENT_RETRIES` times."""
         try:
             with write_transaction(self.engine) as conn:
                 results = [op(conn) for op, _fut in batch]
@@ -93,6 +104,11 @@ class IndexWriter:
             if len(batch) > 1:
                 for item in batch:
                     self._commit([item])
+                return
+            if is_transient(exc) and attempt <= TRANSIENT_RETRIES:
+                log.warning("index write collided with another writer; retrying")
+                time.sleep(0.01 * attempt)
+                self._commit(batch, attempt + 1)
                 return
             if not isinstance(exc, IntegrityError):
                 log.error("index write failed: %s", type(exc).__name__)
