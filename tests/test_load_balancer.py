@@ -91,11 +91,13 @@ class Balancer:
 
 def _node2_ports(cfg: str, node: Server) -> str:
     """deploy/haproxy.cfg gives both nodes the same ports; on one host node2 has its own."""
-    for kind, port in (("DICOM", node.port), ("DICOM_TLS", node.tls_port),
-                       ("HTTPS", node.https_port)):  # fmt: skip
-        cfg = re.sub(rf'(server node2 "\$\{{PACS_NODE2\}}:)\$\{{PACS_NODE_{kind}_PORT\}}"',
-                     rf'\g<1>{port}"', cfg)  # fmt: skip
-    return cfg
+    ports = {"DICOM": node.port, "DICOM_TLS": node.tls_port, "HTTPS": node.https_port}
+    lines = []
+    for line in cfg.splitlines():
+        if "server node2 " in line:
+            line = re.sub(r"\$\{PACS_NODE_(\w+?)_PORT\}", lambda m: str(ports[m.group(1)]), line)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 class ClaimingRelay:

@@ -1,0 +1,169 @@
+"""Two `serve` nodes on one PostgreSQL and one S3 endpoint, with HAProxy in front.
+
+deploy/haproxy.cfg runs unchanged (addresses and ports from the environment). A node is
+kill -9'd (its whole process group) in the middle of an ingest through the balancer:
+every instance a sender saw acknowledged is then retrieved byte-identical through the
+balancer from the surviving node, by C-GET and by WADO-RS; fsck and audit verify pass.
+Lockouts and sessions made on one node hold on the other.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from conftest import (
+    CLIENT_AET,
+    SERVER_AET,
+    Server,
+    add_user,
+    cli,
+    dataset_bytes,
+    dcmtk_path,
+    free_port,
+    https_session,
+    https_url,
+    web_login,
+)
+from conftest import write_data_set as write_files
+from pacsvault.dicom.synthetic import Spec
+from pg_server import pg_server_fixture, pg_url_fixture  # noqa: F401 (fixtures)
+from s3_server import S3Endpoint, moto_server_fixture, s3_fixture  # noqa: F401 (fixtures)
+from test_load_balancer import Balancer, set_in_section
+
+SENDERS = 4
+
+
+@pytest.fixture
+def nodes(pg_url: str, s3: S3Endpoint, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """node1 and node2 (same site: settings, CA and keys copied), HAProxy in front."""
+    env = s3.env()
+    os.environ.update(env)  # the servers and every command reach moto like this
+    servers: list[Server] = []
+    lb = None
+    try:
+        one = tmp_path / "node1"
+        cli(one, "init", "--aet", SERVER_AET, "--index-url", pg_url,
+            "--blob-url", s3.url("site"))  # fmt: skip
+        cli(one, "peer", "add", "test", "--aet", CLIENT_AET, "--host", "127.0.0.1",
+            "--allow", "echo,store,find,get")  # fmt: skip
+        set_in_section(one, "dicom", "trusted_proxies", '["127.0.0.1"]')
+        set_in_section(one, "web", "trusted_proxies", '["127.0.0.1"]')
+        two = tmp_path / "node2"
+        shutil.copytree(one, two)
+        for data, name in ((one, '"node1"'), (two, '"node2"')):
+            set_in_section(data, "index", "node", name)
+        for n, data in enumerate((one, two), start=1):
+            server = Server(data, free_port(), tmp_path / f"node{n}.log")
+            server.start()
+            servers.append(server)
+        lb = Balancer(tmp_path, servers)
+        yield servers, lb
+    finally:
+        if lb is not None:
+            lb.stop()
+        for server in servers:
+            server.stop()
+        for key in env:
+            os.environ.pop(key, None)
+
+
+def _send(port: int, files: list[Path], acked: list[str], log: Path) -> None:
+    """storescu -v through the balancer; the files it saw acknowledged go into *acked*."""
+    proc = subprocess.run(
+        [dcmtk_path("storescu"), "-v", "-aet", CLIENT_AET, "-aec", SERVER_AET,
+         "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TCP_NODELAY": "1"},
+    )  # fmt: skip
+    log.write_text(proc.stdout + proc.stderr)
+    current = None
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if m := re.match(r"I: Sending file: (.*)$", line):
+            current = m.group(1)
+        elif "Received Store Response (Success)" in line and current:
+            acked.append(current)
+            current = None
+
+
+def test_a_node_killed_mid_ingest_loses_no_acknowledged_instance(nodes, tmp_path: Path) -> None:
+    (node1, node2), lb = nodes
+    files = write_files(
+        tmp_path / "f",
+        Spec(patients=5, studies_per_patient=1, series_per_study=2, instances_per_series=50),
+    )
+    assert len(files) == 500
+    by_path = {str(p): ds for p, ds in files}
+    acked: list[str] = []
+    share = [[p for p, _ in files[i::SENDERS]] for i in range(SENDERS)]
+    senders = [threading.Thread(target=_send, args=(lb.dicom_port, part, acked,
+                                                    tmp_path / f"storescu{i}.log"))
+               for i, part in enumerate(share)]  # fmt: skip
+    for t in senders:
+        t.start()
+    deadline = time.monotonic() + 120
+    while len(acked) < 100 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(acked) >= 100, "no ingest through the balancer"
+    node1.kill9()  # its workers with it
+    for t in senders:
+        t.join(timeout=600)
+    assert 100 <= len(acked) < 500 or len(acked) == 500
+    acked_uids = {str(by_path[p].SOPInstanceUID): p for p in acked}
+
+    # Everything acknowledged, retrieved from the survivor through the balancer.
+    studies = {str(by_path[p].StudyInstanceUID) for p in acked}
+    got = tmp_path / "get"
+    got.mkdir()
+    for study in sorted(studies):
+        proc = subprocess.run(
+            [dcmtk_path("getscu"), "-aet", CLIENT_AET, "-aec", SERVER_AET, "-S", "-od", str(got),
+             "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+             "127.0.0.1", str(lb.dicom_port)],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "TCP_NODELAY": "1"},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
+                for p in got.iterdir()}  # fmt: skip
+    missing = acked_uids.keys() - received.keys()
+    assert not missing, f"{len(missing)} acknowledged instances lost"
+    for uid, path in acked_uids.items():
+        assert dataset_bytes(received[uid]) == dataset_bytes(Path(path)), uid
+
+    add_user(node2.data, "rad", "radiologist")
+    secret = cli(node2.data, "token", "create", "--user", "rad", "--scope", "read")
+    web = https_session(node2, secret.stdout.strip().splitlines()[-1])
+    study = sorted(studies)[0]
+    r = web.get(f"https://localhost:{lb.https_port}/dicom-web/studies/{study}", timeout=120,
+                headers={"Accept": 'multipart/related; type="application/dicom"'})  # fmt: skip
+    assert r.status_code == 200, r.text[:300]
+    in_study = [u for u, p in acked_uids.items() if str(by_path[p].StudyInstanceUID) == study]
+    assert r.content.count(b"DICM") >= len(in_study)
+
+    node2.stop()
+    fsck = cli(node2.data, "fsck", check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    verify = cli(node2.data, "audit", "verify", "--checkpoints",
+                 str(node1.data / "audit" / "checkpoints.log"), check=False)  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_lockouts_and_sessions_hold_across_nodes(nodes) -> None:
+    (node1, node2), _lb = nodes
+    password = add_user(node1.data, "rad", "radiologist")
+    web = web_login(node1, "rad", password)
+    assert web is not None
+    r = web.get(https_url(node2, "/api/session"), timeout=30)  # node1's cookie, at node2
+    assert r.status_code == 200 and r.json()["user"] == "rad", r.text
+
+    for _ in range(6):
+        assert web_login(node1, "rad", "wrong password") is None
+    assert web_login(node2, "rad", password) is None  # locked on node2 too
+    assert "address:127.0.0.1" in cli(node2.data, "lockout", "list").stdout
