@@ -148,8 +148,13 @@ def test_a_node_killed_mid_ingest_loses_no_acknowledged_instance(nodes, tmp_path
     assert r.content.count(b"DICM") >= len(in_study)
 
     node2.stop()
+    # The index and S3 agree: nothing missing or damaged. The killed node may have left
+    # the object it was storing when it died (durable in S3, never indexed, never
+    # acknowledged): an orphan, at most one per sender, which `fsck --repair` quarantines
+    # once it is a minute old.
     fsck = cli(node2.data, "fsck", check=False)
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    summary = re.search(r"orphans=(\d+) missing=0 size=0 sha256=0 unreadable=0", fsck.stdout)
+    assert summary and int(summary.group(1)) <= SENDERS, fsck.stdout + fsck.stderr
     verify = cli(node2.data, "audit", "verify", "--checkpoints",
                  str(node1.data / "audit" / "checkpoints.log"), check=False)  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
