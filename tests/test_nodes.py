@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pynetdicom import AE
 
 from conftest import (
     CLIENT_AET,
@@ -34,12 +35,13 @@ from conftest import (
     web_login,
 )
 from conftest import write_data_set as write_files
-from pacsvault.dicom.synthetic import Spec
+from pacsvault.dicom.synthetic import SOP_CLASS_FOR, Spec
 from pg_server import pg_server_fixture, pg_url_fixture  # noqa: F401 (fixtures)
 from s3_server import S3Endpoint, moto_server_fixture, s3_fixture  # noqa: F401 (fixtures)
 from test_load_balancer import Balancer, set_in_section
 
 SENDERS = 4
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
 @pytest.fixture
@@ -172,3 +174,67 @@ def test_lockouts_and_sessions_hold_across_nodes(nodes) -> None:
         assert web_login(node1, "rad", "wrong password") is None
     assert web_login(node2, "rad", password) is None  # locked on node2 too
     assert "address:127.0.0.1" in cli(node2.data, "lockout", "list").stdout
+
+
+def test_an_unavailable_index_never_answers_success(
+    pg_server, pg_url: str, tmp_path: Path, make_server
+) -> None:
+    """PostgreSQL stopped in the middle of an association: every C-STORE then fails
+    (0xA700, never success) and STOW-RS answers 503; after the restart the sender's
+    retry stores everything, once."""
+    data = tmp_path / "data"
+    cli(data, "init", "--aet", SERVER_AET, "--index-url", pg_url)
+    cli(data, "peer", "add", "test", "--aet", CLIENT_AET, "--host", "127.0.0.1",
+        "--allow", "echo,store")  # fmt: skip
+    password = add_user(data, "up", "uploader")
+    assert password
+    secret = cli(data, "token", "create", "--user", "up", "--scope", "write")
+    secret = secret.stdout.strip().splitlines()[-1]
+    server = make_server(data)
+    files = write_files(
+        tmp_path / "f",
+        Spec(patients=2, studies_per_patient=2, series_per_study=1, instances_per_series=5),
+    )
+    ae = AE(ae_title=CLIENT_AET)
+    for uid in SOP_CLASS_FOR.values():
+        ae.add_requested_context(uid, EXPLICIT_LE)
+    ae.dimse_timeout = ae.network_timeout = 60
+    assoc = ae.associate("127.0.0.1", server.port, ae_title=SERVER_AET)
+    assert assoc.is_established
+    first, rest = files[:5], files[5:]
+    assert [assoc.send_c_store(ds).Status for _, ds in first] == [0] * len(first)
+    pg_server.stop()
+    try:
+        statuses = []
+        for _, ds in rest[:5]:
+            rsp = assoc.send_c_store(ds)
+            statuses.append(rsp.Status if "Status" in rsp else None)
+        assert statuses and all(s is not None and s != 0 and s >= 0xA000 for s in statuses), [
+            hex(s) if s is not None else s for s in statuses
+        ]
+        assert 0xA700 in statuses
+        if assoc.is_established:
+            assoc.release()
+        body, ctype = _stow_body(rest[5][0])
+        r = https_session(server, secret).post(
+            https_url(server, "/dicom-web/studies"), data=body,
+            headers={"Content-Type": ctype, "Accept": "application/dicom+json"}, timeout=60,
+        )  # fmt: skip
+        assert r.status_code == 503, (r.status_code, r.text[:300])
+    finally:
+        pg_server.start()
+    # The sender retries everything: stored once each, byte-identical.
+    proc = subprocess.run(
+        [dcmtk_path("storescu"), "-aet", CLIENT_AET, "-aec", SERVER_AET, "127.0.0.1",
+         str(server.port), *[str(p) for p, _ in files]],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TCP_NODELAY": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"instances: {len(files)}\n" in cli(data, "status").stdout
+
+
+def _stow_body(path: Path) -> tuple[bytes, str]:
+    boundary = "pacsvault-node-test"
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode())  # fmt: skip
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'

@@ -9,20 +9,26 @@ a router of its own module, listed in :data:`ROUTERS`.
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 
 from pacsvault import __version__
 from pacsvault.security.audit import AuditUnavailable
 from pacsvault.security.policy import NotPermitted
 from pacsvault.site import Site
+from pacsvault.storage.s3blobs import S3Unavailable
 from pacsvault.web import admin, adminpages, export, session, viewer
 from pacsvault.web.auth import Sessions
 from pacsvault.web.deps import invalid_fields
 from pacsvault.web.dicomweb import pixels as dicomweb_pixels
 from pacsvault.web.dicomweb import routes as dicomweb_routes
 from pacsvault.web.middleware import install_middleware
+
+log = logging.getLogger("pacsvault.web")
 
 #: The routers every app includes; a new group of routes adds its router here.
 ROUTERS = [
@@ -50,6 +56,19 @@ def create_app(site: Site) -> FastAPI:
     @app.exception_handler(AuditUnavailable)
     async def _no_audit(_request: Request, _exc: AuditUnavailable) -> JSONResponse:
         return JSONResponse({"detail": "audit trail unavailable: try again later"},
+                            status_code=503, headers={"Retry-After": "30"})  # fmt: skip
+
+    @app.exception_handler(OperationalError)
+    async def _no_index(_request: Request, exc: OperationalError) -> JSONResponse:
+        # The index (PostgreSQL) is unreachable: nothing was stored, try again later.
+        log.error("index unavailable: %s", type(exc.orig).__name__ if exc.orig else exc)
+        return JSONResponse({"detail": "index unavailable: try again later"},
+                            status_code=503, headers={"Retry-After": "30"})  # fmt: skip
+
+    @app.exception_handler(S3Unavailable)
+    async def _no_objects(_request: Request, exc: S3Unavailable) -> JSONResponse:
+        log.error("object storage unavailable: %s", exc)
+        return JSONResponse({"detail": "object storage unavailable: try again later"},
                             status_code=503, headers={"Retry-After": "30"})  # fmt: skip
 
     @app.exception_handler(RequestValidationError)
