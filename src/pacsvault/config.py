@@ -52,6 +52,7 @@ class DicomSettings(_Section):
     dimse_timeout: float = Field(default=60.0, gt=0)
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
     max_find_results: int = Field(default=0, ge=0)
+    workers: int = Field(default=0, ge=0, le=256)  # DIMSE processes; 0: one per CPU
 
     @field_validator("max_pdu")
     @classmethod
@@ -249,6 +250,9 @@ duplicate_policy = "{d.duplicate_policy.value}"
 # Cap on C-FIND matches per query (0: no cap). Matches past the cap are not sent
 # and the query ends with failure 0xA700 (out of resources).
 max_find_results = {d.max_find_results}
+# DIMSE worker processes behind the listeners (0: one per CPU; 1: serve in the main
+# process). Limits, lockouts and the audit trail hold across all of them.
+workers = {d.workers}
 
 [tls]
 # DICOM over TLS: TLS 1.2+ (1.3 preferred), forward-secret AEAD suites only.

@@ -100,6 +100,7 @@ class DicomServer:
         *,
         tls: ssl.SSLContext | None = None,
         tls_port: int | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.settings = settings
         self.tls = tls
@@ -114,25 +115,12 @@ class DicomServer:
             dimse_timeout=settings.dimse_timeout,
         )
         self.limits = Limits(settings.max_pdu, settings.acse_timeout, settings.network_timeout)
-        self.admission = Admission(settings)
+        self.admission = admission if admission is not None else Admission(settings)
         self._listeners: list[tuple[str, socket.socket, ssl.SSLContext | None]] = []
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._ids = 0
         self._ids_lock = threading.Lock()
-
-    def _bind(self, port: int) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self.settings.bind else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.settings.bind, port))
-            sock.listen(LISTEN_BACKLOG)
-        except OSError:
-            sock.close()
-            raise
-        sock.settimeout(0.5)
-        return sock
 
     def start(self) -> None:
         """Bind the listeners and serve in background threads."""
@@ -142,7 +130,8 @@ class DicomServer:
         if self.tls is not None and self.tls_port is not None:
             plan.append(("dicom-tls", self.tls_port, self.tls))
         for kind, port, tls in plan:
-            sock = self._bind(port)
+            sock = bind_listener(self.settings.bind, port)
+            sock.settimeout(0.5)
             self._listeners.append((kind, sock, tls))
             thread = threading.Thread(
                 target=self._accept_loop, args=(sock, tls), name=f"{kind}-{port}", daemon=True
@@ -168,14 +157,19 @@ class DicomServer:
             with self._ids_lock:
                 self._ids += 1
                 conn_id = self._ids
-            address = _address(addr[0])
-            self.admission.arrive(conn_id, address, sock)
-            threading.Thread(
-                target=self._serve,
-                args=(conn_id, sock, address, tls),
-                name=f"dicom-conn-{conn_id}",
-                daemon=True,
-            ).start()
+            self.serve_connection(conn_id, sock, address_of(addr[0]), tls)
+
+    def serve_connection(
+        self, conn_id: int, sock: socket.socket, address: str, tls: ssl.SSLContext | None
+    ) -> None:
+        """Admit an accepted connection and serve it in a thread of its own."""
+        self.admission.arrive(conn_id, address, sock)
+        threading.Thread(
+            target=self._serve,
+            args=(conn_id, sock, address, tls),
+            name=f"dicom-conn-{conn_id}",
+            daemon=True,
+        ).start()
 
     def _serve(
         self, conn_id: int, sock: socket.socket, address: str, tls: ssl.SSLContext | None
@@ -221,6 +215,20 @@ class DicomServer:
         self.admission.close_all()
 
 
-def _address(host: str) -> str:
+def bind_listener(bind: str, port: int) -> socket.socket:
+    """A TCP socket listening on (*bind*, *port*), blocking."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bind, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def address_of(host: str) -> str:
     """An IPv4-mapped IPv6 address as plain IPv4; others unchanged."""
     return host[7:] if host.startswith("::ffff:") else host
