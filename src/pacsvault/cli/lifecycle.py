@@ -89,6 +89,7 @@ def _serve(args: argparse.Namespace, settings: Settings, pool) -> int:  # type: 
     from pacsvault.cli.fsck import check_at_startup
     from pacsvault.dimse.server import DicomServer
 
+    stop = _stop_on_signal()  # from now on SIGTERM and SIGINT stop cleanly
     with open_site(args.data_dir, settings) as site:
         tls = _tls_context(site)
         if not settings.dicom.cleartext and tls is None:
@@ -137,7 +138,6 @@ def _serve(args: argparse.Namespace, settings: Settings, pool) -> int:  # type: 
         processes = f" ({pool.count} DICOM worker processes)" if pool is not None else ""
         print(f"pacsvault {__version__}: DICOM AE '{ae}' listening on {listeners}{processes}",
               flush=True)  # fmt: skip
-        stop = _stop_on_signal()
         if pool is not None:
             pool.run(stop)
         else:
