@@ -141,8 +141,7 @@ def _serve(args: argparse.Namespace, settings: Settings, pool) -> int:  # type: 
         if pool is not None:
             pool.run(stop)
         else:
-            while not stop.wait(0.5):
-                pass
+            _wait_for_signal(stop)
         if web is not None:
             web.stop()
         if server is not None:
@@ -183,6 +182,12 @@ def _stop_on_signal() -> threading.Event:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     return stop
+
+
+def _wait_for_signal(stop: threading.Event) -> None:
+    """Block until *stop* is set (by SIGTERM or SIGINT: see :func:`_stop_on_signal`)."""
+    while not stop.wait(0.5):
+        pass
 
 
 def cmd_status(args: argparse.Namespace) -> int:
