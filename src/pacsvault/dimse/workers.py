@@ -335,6 +335,7 @@ class WorkerPool:
         self._ids = 0
         self._next = 0
         self._restarts: list[tuple[float, int]] = []  # (when, worker number)
+        self._listening = False
         self._backoff: dict[int, float] = {}
         self._stopping = False
         self._started = False
@@ -417,8 +418,7 @@ class WorkerPool:
             if self._start_failed:
                 raise RuntimeError("a DICOM worker failed to start (see the log)")
         self._started = True
-        for _kind, sock, is_tls in self._listeners:
-            self._selector.register(sock, selectors.EVENT_READ, is_tls)
+        self._update_listening()
         for _kind, sock, is_tls in self._listeners:
             host, port = sock.getsockname()[:2]
             label = "DICOM-TLS" if is_tls else "cleartext DICOM"
@@ -468,6 +468,21 @@ class WorkerPool:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._hand_over(sock, address_of(addr[0]), tls)
 
+    def _update_listening(self) -> None:
+        """Accept while a worker is ready; else leave new connections in the backlog."""
+        ready = self._started and not self._stopping and any(w.ready for w in self.workers)
+        if ready == self._listening:
+            return
+        for _kind, sock, is_tls in self._listeners:
+            if ready:
+                self._selector.register(sock, selectors.EVENT_READ, is_tls)
+            else:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(sock)
+        self._listening = ready
+        if not ready and self._started and not self._stopping:
+            log.warning("no DICOM worker is ready: new connections wait in the backlog")
+
     def _hand_over(self, sock: socket.socket, address: str, tls: bool) -> None:
         ready = [w for w in self.workers if w.ready]
         if not ready:
@@ -515,6 +530,7 @@ class WorkerPool:
                 self.admission.leave(conn_id)
             elif op == "ready":
                 worker.ready = True
+                self._update_listening()
 
     def _gone(self, worker: Worker) -> None:
         """*worker* closed its control socket: reap it, free its slots, restart it."""
@@ -524,6 +540,7 @@ class WorkerPool:
             self._selector.unregister(worker.link.sock)
         worker.link.close()
         self.workers.remove(worker)
+        self._update_listening()
         for conn_id in worker.conns:
             self.admission.leave(conn_id)
         code = worker.wait()
