@@ -6,7 +6,12 @@ DATA   ?= ./pacsvault-data
 PORT   ?= 11112
 JOBS   ?= auto
 
-.PHONY: run test lint bench-ingest bench-find bench-viewer clean venv debs
+.PHONY: run test lint bench bench-ingest bench-find bench-web bench-debs bench-viewer clean venv debs
+
+# Benchmark scripts (no .py suffix, so `ruff check .` does not see them).
+BENCH_SCRIPTS := bench/ingest bench/find bench/web $(wildcard bench/viewer)
+# `make bench QUICK=1`: the same harnesses on smaller data, one run each (under 5 minutes).
+QUICK ?=
 
 $(BIN)/pacsvault: pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
@@ -24,11 +29,11 @@ debs:
 	  /usr/bin/chromium:chromium /usr/lib/postgresql/15/bin/initdb:postgresql
 
 test: venv debs
-	$(BIN)/ruff check . bench/ingest bench/find bench/web bench/viewer
+	$(BIN)/ruff check . $(BENCH_SCRIPTS)
 	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile --durations=15
 
 lint: venv
-	$(BIN)/ruff check . bench/ingest bench/find bench/web bench/viewer
+	$(BIN)/ruff check . $(BENCH_SCRIPTS)
 
 # Demo only: registers a loopback workstation DEMOSCU allowed every service.
 run: venv debs
@@ -46,12 +51,24 @@ run: venv debs
 	@echo
 	$(BIN)/pacsvault --data $(DATA) serve --dicom-port $(PORT)
 
-bench-ingest: venv debs
-	scripts/ensure-debian-packages /usr/sbin/Orthanc:orthanc
-	$(BIN)/python bench/ingest
+bench-debs: debs
+	scripts/ensure-debian-packages /usr/sbin/Orthanc:orthanc \
+	  /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb
 
-bench-find: venv debs
-	$(BIN)/python bench/find
+# Every benchmark, pacsvault against Orthanc (see bench/README.md).
+bench: bench-ingest bench-find bench-web
+	@if [ -f bench/viewer ]; then \
+	  q=; if [ -n "$(QUICK)" ] && $(BIN)/python bench/viewer --help | grep -q -- --quick; then q=--quick; fi; \
+	  $(BIN)/python bench/viewer $$q; fi
+
+bench-ingest: venv bench-debs
+	$(BIN)/python bench/ingest $(if $(QUICK),--quick)
+
+bench-find: venv bench-debs
+	$(BIN)/python bench/find $(if $(QUICK),--studies 1000 --repeat 1)
+
+bench-web: venv bench-debs
+	$(BIN)/python bench/web $(if $(QUICK),--studies 1000 --series 30 --stow 30 --repeat 1 --stow-repeat 1)
 
 bench-viewer: venv debs
 	$(BIN)/python bench/viewer

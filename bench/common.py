@@ -96,12 +96,54 @@ def version(cmd: list[str]) -> str:
     return text[0] if text else "?"
 
 
+def process_tree(pid: int) -> list[int]:
+    """*pid* and its descendants (pacsvault's DICOM workers are children of ``serve``)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        try:
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return out
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A size from /proc/PID/status (VmHWM, VmRSS) in KiB; 0 when the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size (shared pages divided among their users) in KiB; 0 if gone."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
 def peak_rss_mib(pid: int) -> float:
-    """Peak resident set size (VmHWM) of a running process, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for process {pid}")
+    """Peak resident set size (VmHWM) of a running server, in MiB: the sum over *pid*
+    and its descendants (an upper bound of the tree's peak: pages shared between the
+    processes, and peaks at different moments, are all counted)."""
+    total = sum(status_kib(p, "VmHWM") for p in process_tree(pid))
+    if not total:
+        raise RuntimeError(f"no VmHWM for process {pid}")
+    return total / 1024
 
 
 def pacsvault_cmd(data: Path) -> list[str]:

@@ -104,6 +104,17 @@ def dcmtk(tool: str, *args: str, timeout: float = 120, env: dict[str, str] | Non
     )
 
 
+def children(pid: int) -> list[int]:
+    """Process IDs of the children of *pid* (Linux /proc)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
 class PortTaken(Exception):
     """The port drawn for a server was taken by another process meanwhile."""
 
@@ -152,6 +163,7 @@ class Server:
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the workers with it
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -182,11 +194,22 @@ class Server:
         return code
 
     def kill9(self) -> None:
+        """kill -9 the whole process group of the server (the parent and its workers)."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
+        os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         self.proc = None
         self.log.close()
+
+    def workers(self) -> list[int]:
+        """Process IDs of the server's DICOM worker processes (its children)."""
+        assert self.proc is not None
+        return children(self.proc.pid)
+
+    def pids(self) -> list[int]:
+        """The server process and its workers."""
+        assert self.proc is not None
+        return [self.proc.pid, *self.workers()]
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")

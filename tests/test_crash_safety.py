@@ -16,9 +16,11 @@ import hashlib
 import itertools
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +30,19 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
-from conftest import CLIENT_AET, SERVER_AET, Server, dataset_bytes, dcmtk_path, write_data_set
+from conftest import (
+    CLIENT_AET,
+    SERVER_AET,
+    Server,
+    add_test_peer,
+    dataset_bytes,
+    dcmtk,
+    dcmtk_path,
+    write_data_set,
+)
 from pacsvault.dicom.part10 import split_part10
 from pacsvault.dicom.synthetic import SOP_CLASS_FOR, Spec
+from test_robustness import set_dicom_setting
 
 # 50 patients x 2 studies x 2 series x 3 instances = 600 instances of 64x64 pixels.
 SPEC = Spec(patients=50, studies_per_patient=2, series_per_study=2, instances_per_series=3, seed=11)
@@ -111,9 +123,15 @@ def acknowledged(log_text: str, args: list[Path], uid_of: dict[Path, str]) -> li
 
 
 def store_until_killed(
-    server: Server, files: list[Path], kill_after: int, log: Path, delay: float = 0.0
+    server: Server,
+    files: list[Path],
+    kill_after: int,
+    log: Path,
+    delay: float = 0.0,
+    kill: Callable[[], None] | None = None,
 ) -> int:
-    """Run storescu over *files*; kill -9 *server* *delay* s after *kill_after* responses.
+    """Run storescu over *files*; kill -9 *server* (its process group, or what *kill*
+    kills) *delay* s after *kill_after* responses.
 
     Returns storescu's exit status.
     """
@@ -150,7 +168,7 @@ def store_until_killed(
                 *lines, pending = pending.split(b"\n")
                 responses += sum(line.startswith(b"I: Received Store Response") for line in lines)
         time.sleep(delay)
-        server.kill9()
+        (kill or server.kill9)()
         return proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
@@ -295,10 +313,20 @@ def unindexed_blobs(data: Path) -> list[str]:
     return sorted(files - keys)
 
 
+def start_with_workers(data: Path, make_server, workers: int) -> Server:
+    """A server on *data* (TESTSCU granted every service) with *workers* DICOM processes."""
+    add_test_peer(data)
+    set_dicom_setting(data, "workers", str(workers))
+    server = make_server(data)
+    assert len(server.workers()) == workers
+    return server
+
+
 def test_kill_9_during_storescu_loses_no_acknowledged_instance(
-    server: Server, make_server, tmp_path: Path
+    data_dir: Path, make_server, tmp_path: Path
 ) -> None:
     started = time.monotonic()
+    server = start_with_workers(data_dir, make_server, 3)
     written = write_data_set(tmp_path / "files", SPEC)
     assert len(written) == TOTAL
     files = [p for p, _ in written]
@@ -352,3 +380,76 @@ def test_kill_9_during_storescu_loses_no_acknowledged_instance(
         f"indexed {len(in_index)}; unindexed blob files {len(stranded)}; "
         f"retrieved identical {len(acked)}; {elapsed:.1f} s"
     )
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def serving_worker(server: Server) -> int:
+    """The worker process holding an established connection to the server's DICOM port."""
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == server.port and fields[3] == "01":  # ESTABLISHED
+                established.add(fields[9])
+    holders = [pid for pid in server.workers() if _socket_inodes(pid) & established]
+    assert len(holders) == 1, holders
+    return holders[0]
+
+
+def test_kill_9_of_one_worker_loses_no_acknowledged_instance(
+    data_dir: Path, make_server, tmp_path: Path
+) -> None:
+    """One worker killed mid-ingest: its association dies, the server goes on serving
+    (a new worker replaces it), and every acknowledged instance is there."""
+    server = start_with_workers(data_dir, make_server, 2)
+    written = write_data_set(tmp_path / "files", SPEC)
+    files = [p for p, _ in written]
+    uid_of = {p: str(ds.SOPInstanceUID) for p, ds in written}
+    study_of = {str(ds.SOPInstanceUID): str(ds.StudyInstanceUID) for _, ds in written}
+    original = {uid_of[p]: dataset_bytes(p) for p in files}
+    expected_sha = {uid: hashlib.sha256(b).hexdigest() for uid, b in original.items()}
+    killed: list[int] = []
+
+    def kill_the_serving_worker() -> None:
+        pid = serving_worker(server)
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    log = tmp_path / "storescu.log"
+    rc = store_until_killed(server, files, 200, log, delay=0.003, kill=kill_the_serving_worker)
+    assert rc != 0
+    acked = acknowledged(log.read_text(), files, uid_of)
+    assert 150 <= len(acked) < TOTAL
+    assert server.proc is not None and server.proc.poll() is None  # the parent goes on
+
+    deadline = time.monotonic() + 30
+    while len(server.workers()) < 2 or killed[0] in server.workers():
+        assert time.monotonic() < deadline, "the worker was not replaced"
+        time.sleep(0.1)
+    assert "DICOM worker" in server.log_text() and "starting a new one" in server.log_text()
+
+    # The rest goes in through the new workers.
+    rest = [p for p in files if p not in set(acked)]
+    proc = dcmtk("storescu", "-aet", CLIENT_AET, "-aec", SERVER_AET, "127.0.0.1",
+                 str(server.port), *[str(p) for p in rest])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    in_index = check_index_and_blobs(server.data, expected_sha)
+    assert in_index == set(original)
+    assert len(unindexed_blobs(server.data)) <= 1
+
+    received = retrieve_studies(server, {study_of[uid] for uid in original})
+    assert received == original
+    assert "Traceback" not in server.log_text()
+    assert server.stop() == 0

@@ -57,6 +57,7 @@ class DicomSettings(_Section):
     # Load balancers (addresses or networks) that send a PROXY v2 header with the client's
     # address; from them the header is required, from anyone else it is never read.
     trusted_proxies: list[str] = Field(default_factory=list)
+    workers: int = Field(default=0, ge=0, le=256)  # DIMSE processes; 0: one per CPU
 
     @field_validator("max_pdu")
     @classmethod
@@ -356,6 +357,9 @@ max_find_results = {d.max_find_results}
 # cleartext networks and the admission limits then use. Connections from them
 # without the header are closed; from other addresses the header is never read.
 trusted_proxies = []
+# DIMSE worker processes behind the listeners (0: one per CPU; 1: serve in the main
+# process). Limits, lockouts and the audit trail hold across all of them.
+workers = {d.workers}
 
 [tls]
 # DICOM over TLS: TLS 1.2+ (1.3 preferred), forward-secret AEAD suites only.

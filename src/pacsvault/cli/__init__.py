@@ -58,17 +58,22 @@ def _quiet_libraries(verbose: bool) -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.data_dir = resolve_data_dir(getattr(args, "data", None))
+def configure_logging(verbose: bool) -> None:
+    """Logging of every pacsvault process: stderr, PHI filter, quiet libraries."""
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     install_log_filter()
-    _quiet_libraries(args.verbose)
+    _quiet_libraries(verbose)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.data_dir = resolve_data_dir(getattr(args, "data", None))
+    configure_logging(args.verbose)
     try:
         return int(args.func(args))
     except BrokenPipeError:  # output piped into `head` and the like

@@ -71,10 +71,27 @@ def _tls_context(site: Site):  # type: ignore[no-untyped-def]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from pacsvault.dimse.workers import WorkerPool, worker_count
+
+    settings = _serve_settings(args)
+    count = worker_count(settings.dicom.workers)
+    pool = None
+    if count > 1:
+        pool = WorkerPool(args.data_dir, settings, count, verbose=bool(args.verbose))
+        pool.fork()  # before the data directory is opened or any thread is started
+    try:
+        return _serve(args, settings, pool)
+    finally:
+        if pool is not None:
+            pool.stop()
+
+
+def _serve(args: argparse.Namespace, settings: Settings, pool) -> int:  # type: ignore[no-untyped-def]
+    """Serve DICOM in this process (*pool* None) or through the worker processes of *pool*."""
     from pacsvault.cli.fsck import check_at_startup
     from pacsvault.dimse.server import DicomServer
 
-    settings = _serve_settings(args)
+    stop = _stop_on_signal()  # from now on SIGTERM and SIGINT stop cleanly
     with open_site(args.data_dir, settings) as site:
         tls = _tls_context(site)
         if not settings.dicom.cleartext and tls is None:
@@ -83,17 +100,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         site.audit.begin_run("serve")  # the start marker of this run in the checkpoint log
         site.blobs.clean_staging()  # what a crash left half-written
         check_at_startup(site, operator)  # warns (never refuses) when blobs and index disagree
-        server = DicomServer(settings.dicom, site.archive, site.policy, tls=tls,
-                             tls_port=settings.tls.port if tls else None)  # fmt: skip
+        server = None
+        if pool is None:
+            server = DicomServer(settings.dicom, site.archive, site.policy, tls=tls,
+                                 tls_port=settings.tls.port if tls else None)  # fmt: skip
+        else:
+            pool.on_worker_exit = site.blobs.clean_staging  # what a dead worker left
         web = _web_server(site)
         try:
-            server.start()
+            if server is not None:
+                server.start()
+            else:
+                pool.start(tls is not None)
             if web is not None:
                 web.start()
-        except OSError as exc:
-            server.stop()
+        except (OSError, RuntimeError) as exc:
+            if server is not None:
+                server.stop()
             if web is not None:
                 web.stop()
+            if isinstance(exc, RuntimeError):
+                raise CommandError(str(exc)) from None
             raise CommandError(f"cannot listen on {settings.dicom.bind}: {exc.strerror}") from None
         forwarder = None
         if settings.audit.syslog_host:
@@ -104,16 +131,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
             forwarder.start()
         labels = {"dicom": "cleartext", "dicom-tls": "TLS", "https": "HTTPS",
                   "http-redirect": "HTTP redirect"}  # fmt: skip
-        everything = server.listeners + (web.listeners if web is not None else [])
+        dicom = server.listeners if server is not None else pool.listeners
+        everything = dicom + (web.listeners if web is not None else [])
         listeners = ", ".join(f"{host}:{port} ({labels[kind]})" for kind, host, port in everything)
         site.audit.record(Action.APPLICATION_START, Outcome.SUCCESS, operator.actor,
                           detail=f"listening on {listeners}")  # fmt: skip
         ae = settings.dicom.ae_title
-        print(f"pacsvault {__version__}: DICOM AE '{ae}' listening on {listeners}", flush=True)
-        _wait_for_signal()
+        processes = f" ({pool.count} DICOM worker processes)" if pool is not None else ""
+        print(f"pacsvault {__version__}: DICOM AE '{ae}' listening on {listeners}{processes}",
+              flush=True)  # fmt: skip
+        if pool is not None:
+            pool.run(stop)
+        else:
+            _wait_for_signal(stop)
         if web is not None:
             web.stop()
-        server.stop()
+        if server is not None:
+            server.stop()
+        else:
+            pool.stop()  # each worker signs its own final checkpoint
         site.audit.record(Action.APPLICATION_STOP, Outcome.SUCCESS, operator.actor)
         site.audit.close()  # the final checkpoint: this shutdown was clean
         if forwarder is not None:
@@ -137,8 +173,8 @@ def _web_server(site: Site):  # type: ignore[no-untyped-def]
     return WebServer(site, context, cert, key, site.settings.dicom.bind, site.settings.web.port)
 
 
-def _wait_for_signal() -> None:
-    """Block until SIGTERM or SIGINT."""
+def _stop_on_signal() -> threading.Event:
+    """An event set by SIGTERM or SIGINT."""
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -147,6 +183,11 @@ def _wait_for_signal() -> None:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    return stop
+
+
+def _wait_for_signal(stop: threading.Event) -> None:
+    """Block until *stop* is set (by SIGTERM or SIGINT: see :func:`_stop_on_signal`)."""
     while not stop.wait(0.5):
         pass
 
@@ -188,6 +229,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"DICOM listener: AE {d.ae_title} on {dicom.address}:{dicom.port} ({exposure})")
     else:
         print("DICOM listener: cleartext disabled")
+    from pacsvault.dimse.workers import worker_count
+
+    n = worker_count(d.workers)
+    print(f"DICOM processes: {n} worker{'s' if n > 1 else ''}" if n > 1
+          else "DICOM processes: 1 (the main process)")  # fmt: skip
     if tls.enabled:
         print(f"DICOM-TLS listener: AE {d.ae_title} on {tls.address}:{tls.port}; "
               f"certificate {status.certificate}")  # fmt: skip

@@ -53,6 +53,22 @@ class Admission:
             log.warning("dropping a connection from %s still in its handshake", address)
             _shutdown(victim)
 
+    def identify(self, conn_id: int, address: str) -> None:
+        """The client *address* of a connection that came through a trusted balancer:
+        from now on it counts against that address's handshake limit."""
+        victims = []
+        with self._lock:
+            entry = self._handshaking.get(conn_id)
+            if entry is None:
+                return  # dropped meanwhile
+            same = [k for k, (a, _s) in self._handshaking.items() if a == address]
+            if len(same) >= self.settings.max_pending_per_address:
+                victims.append(self._handshaking.pop(same[0])[1])
+            self._handshaking[conn_id] = (address, entry[1])
+        for victim in victims:
+            log.warning("dropping a connection from %s still in its handshake", address)
+            _shutdown(victim)
+
     def establish(self, conn_id: int, peer: Peer) -> bool:
         """Move a connection to the established set if the limits allow; False if not."""
         with self._lock:
@@ -101,6 +117,7 @@ class DicomServer:
         *,
         tls: ssl.SSLContext | None = None,
         tls_port: int | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.settings = settings
         self.tls = tls
@@ -115,25 +132,12 @@ class DicomServer:
             dimse_timeout=settings.dimse_timeout,
         )
         self.limits = Limits(settings.max_pdu, settings.acse_timeout, settings.network_timeout)
-        self.admission = Admission(settings)
+        self.admission = admission if admission is not None else Admission(settings)
         self._listeners: list[tuple[str, socket.socket, ssl.SSLContext | None]] = []
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._ids = 0
         self._ids_lock = threading.Lock()
-
-    def _bind(self, port: int) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self.settings.bind else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.settings.bind, port))
-            sock.listen(LISTEN_BACKLOG)
-        except OSError:
-            sock.close()
-            raise
-        sock.settimeout(0.5)
-        return sock
 
     def start(self) -> None:
         """Bind the listeners and serve in background threads."""
@@ -143,7 +147,8 @@ class DicomServer:
         if self.tls is not None and self.tls_port is not None:
             plan.append(("dicom-tls", self.tls_port, self.tls))
         for kind, port, tls in plan:
-            sock = self._bind(port)
+            sock = bind_listener(self.settings.bind, port)
+            sock.settimeout(0.5)
             self._listeners.append((kind, sock, tls))
             thread = threading.Thread(
                 target=self._accept_loop, args=(sock, tls), name=f"{kind}-{port}", daemon=True
@@ -169,16 +174,25 @@ class DicomServer:
             with self._ids_lock:
                 self._ids += 1
                 conn_id = self._ids
-            address = _address(addr[0])
-            proxied = is_trusted(address, self.settings.trusted_proxies)
-            if not proxied:
-                self.admission.arrive(conn_id, address, sock)
-            threading.Thread(
-                target=self._serve,
-                args=(conn_id, sock, address, tls, proxied),
-                name=f"dicom-conn-{conn_id}",
-                daemon=True,
-            ).start()
+            self.serve_connection(conn_id, sock, address_of(addr[0]), tls)
+
+    def serve_connection(
+        self, conn_id: int, sock: socket.socket, address: str, tls: ssl.SSLContext | None
+    ) -> None:
+        """Admit an accepted connection and serve it in a thread of its own.
+
+        From a trusted balancer the client's address comes first (PROXY v2, read in that
+        thread): until then the connection counts against the overall handshake limit
+        only, then against its client's (see :meth:`Admission.identify`).
+        """
+        proxied = is_trusted(address, self.settings.trusted_proxies)
+        self.admission.arrive(conn_id, handshake_key(address, conn_id, proxied), sock)
+        threading.Thread(
+            target=self._serve,
+            args=(conn_id, sock, address, tls, proxied),
+            name=f"dicom-conn-{conn_id}",
+            daemon=True,
+        ).start()
 
     def _client_behind(self, sock: socket.socket, balancer: str) -> str | None:
         """The client address a trusted balancer sent, or None (connection closed)."""
@@ -189,7 +203,7 @@ class DicomServer:
             with contextlib.suppress(OSError):
                 sock.close()
             return None
-        return _address(client) if client else balancer
+        return address_of(client) if client else balancer
 
     def _serve(
         self,
@@ -202,9 +216,10 @@ class DicomServer:
         if proxied:
             client = self._client_behind(sock, address)
             if client is None:
+                self.admission.leave(conn_id)
                 return
             address = client
-            self.admission.arrive(conn_id, address, sock)
+            self.admission.identify(conn_id, address)
         try:
             assoc = accept(
                 sock,
@@ -246,6 +261,26 @@ class DicomServer:
         self.admission.close_all()
 
 
-def _address(host: str) -> str:
+def bind_listener(bind: str, port: int) -> socket.socket:
+    """A TCP socket listening on (*bind*, *port*), blocking."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bind, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def handshake_key(address: str, conn_id: int, proxied: bool) -> str:
+    """What a new connection counts against in the handshake: its address, or, through a
+    balancer whose client is not known yet, a key of its own (the overall limit only)."""
+    return f"{address}#{conn_id}" if proxied else address
+
+
+def address_of(host: str) -> str:
     """An IPv4-mapped IPv6 address as plain IPv4; others unchanged."""
     return host[7:] if host.startswith("::ffff:") else host

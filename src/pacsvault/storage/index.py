@@ -106,14 +106,20 @@ def _sqlite_begin(conn: Connection) -> None:
 
 
 @contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
+def _kept(conn: Connection) -> Iterator[Connection]:
+    yield conn
+
+
+@contextmanager
+def write_transaction(engine: Engine, held: Connection | None = None) -> Iterator[Connection]:
     """A transaction that takes the write lock up front (no lock upgrade dead-ends on SQLite).
 
     Actions registered with :func:`after_commit` run once the commit has returned, in
     order, before this context exits; they are dropped if the transaction rolls back.
     An action that raises is logged and does not affect the committed transaction.
+    *held*: an open connection of *engine* to use, left open (the index writer's own).
     """
-    with engine.connect() as conn:
+    with engine.connect() if held is None else _kept(held) as conn:
         conn.execution_options(pacsvault_begin="IMMEDIATE")
         actions: list[Callable[[], None]] = []
         conn.info[_AFTER_COMMIT] = actions

@@ -4,15 +4,24 @@ Each caller submits an operation and blocks until the transaction holding it has
 committed (or failed). Under concurrent ingest many operations share one commit,
 so the per-commit fsync is paid once per batch instead of once per instance,
 while no caller is answered before its write is durable.
+
+On a SQLite file the writers of several processes (``serve``'s DICOM workers) also
+queue for the database's write lock on an ``flock`` of ``<index>-writer.lock``:
+SQLite's own busy handler polls with sleeps of 1 to 100 ms, while a process blocked
+on the flock is woken the moment the holder's commit returns. SQLite's lock still
+decides; the flock only makes the writers wait in turn instead of polling.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -46,6 +55,13 @@ class IndexWriter:
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
         self._started = False
         self._lock = threading.Lock()
+        # On SQLite the writer thread keeps one connection: taking one from the pool and
+        # giving it back for every batch cost more CPU than the batch's own statements.
+        self._keep = engine.dialect.name == "sqlite"
+        self._conn: Connection | None = None
+        database = engine.url.database if self._keep else None
+        self._lock_path = f"{database}-writer.lock" if database and database != ":memory:" else None
+        self._lock_fd: int | None = None
 
     def start(self) -> None:
         with self._lock:
@@ -91,6 +107,54 @@ class IndexWriter:
                     break
                 batch.append(item)
             self._commit(batch)
+        self._release()
+        self._close_lock()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A write transaction, on the writer's kept connection where there is one."""
+        if not self._keep:
+            with write_transaction(self.engine) as conn:
+                yield conn
+            return
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        with self._turn():
+            try:
+                with write_transaction(self.engine, self._conn) as conn:
+                    yield conn
+            except BaseException:
+                self._release()  # a failed connection is not reused
+                raise
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """This process's turn among the writers of the SQLite file (see the module doc)."""
+        if self._lock_fd is None and self._lock_path is not None:
+            try:
+                self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                self._lock_path = None  # e.g. a read-only directory: SQLite's lock alone
+        fd = self._lock_fd
+        if fd is None:
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _close_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def _commit(self, batch: list[tuple[Operation, Future[Any]]], attempt: int = 1) -> None:
         """Run *batch* in one transaction. If anything fails, each op is retried alone,
@@ -98,7 +162,7 @@ class IndexWriter:
         process's transaction made fail (PostgreSQL: deadlock, serialization failure) is
         run again, up to :data:`TRANSIENT_RETRIES` times."""
         try:
-            with write_transaction(self.engine) as conn:
+            with self._transaction() as conn:
                 results = [op(conn) for op, _fut in batch]
         except Exception as exc:
             if len(batch) > 1:
