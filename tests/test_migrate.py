@@ -7,6 +7,7 @@ PostgreSQL is tests/pg_server.py's, S3 is moto (tests/s3_server.py).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,3 +129,39 @@ def test_a_source_changed_after_the_copy_or_a_used_target_is_refused(
     assert out.returncode == 2 and "migrated from another archive" in out.stderr
     out = cli(other, "migrate", check=False)
     assert out.returncode == 2 and "nothing to do" in out.stderr
+
+
+def test_the_reference_set_moves_and_fsck_confirms_it(pg_url: str, s3_env: S3Endpoint,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    """pydicom's bundled files (every one the importer accepts, from many vendors and
+    syntaxes) and a generated 1,000-instance set, moved and checked by fsck on S3."""
+    data = tmp_path / "data"
+    cli(data, "init", "--aet", SERVER_AET)
+    bundled = cli(data, "import", str(Path(pydicom.__file__).parent / "data" / "test_files"),
+                  check=False)  # fmt: skip
+    stored = int(re.search(r"stored: (\d+)", bundled.stdout).group(1))  # type: ignore[union-attr]
+    assert stored >= 50, bundled.stdout
+    files = write_data_set(
+        tmp_path / "f",
+        Spec(patients=10, studies_per_patient=1, series_per_study=2, instances_per_series=50),
+    )
+    assert len(files) == 1000
+    assert "stored: 1000" in cli(data, "import", str(tmp_path / "f")).stdout
+    before = cli(data, "status").stdout
+    total = int(re.search(r"instances: (\d+)", before).group(1))  # type: ignore[union-attr]
+    assert total == stored + 1000
+    assert cli(data, "fsck", check=False).returncode == 0
+
+    out = migrate(data, pg_url, s3_env, "--switch")
+    assert "every table compared equal" in out.stdout, out.stdout
+    assert f"objects: {total} verified" in out.stdout, out.stdout
+    after = cli(data, "status").stdout
+    assert "index: postgresql" in after and "objects: S3 s3://" in after
+    for key in ("patients", "studies", "series", "instances", "bytes"):
+        line = re.search(rf"(?m)^{key}: .*$", before).group(0)  # type: ignore[union-attr]
+        assert line in after, (line, after)
+    fsck = cli(data, "fsck", check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert f"{total} index rows and {total} blobs" in fsck.stdout, fsck.stdout
+    verify = cli(data, "audit", "verify", check=False)
+    assert verify.returncode == 0, verify.stdout
