@@ -9,9 +9,12 @@ Lockouts and sessions made on one node hold on the other.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -38,7 +41,7 @@ from conftest import write_data_set as write_files
 from pacsvault.dicom.synthetic import SOP_CLASS_FOR, Spec
 from pg_server import pg_server_fixture, pg_url_fixture  # noqa: F401 (fixtures)
 from s3_server import S3Endpoint, moto_server_fixture, s3_fixture  # noqa: F401 (fixtures)
-from test_load_balancer import Balancer, set_in_section
+from test_load_balancer import Balancer, _pump, set_in_section
 
 SENDERS = 4
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -238,3 +241,106 @@ def _stow_body(path: Path) -> tuple[bytes, str]:
     body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
             + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode())  # fmt: skip
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+class Cuttable:
+    """A TCP relay to *target*; :meth:`cut` refuses new connections and resets open ones
+    (the endpoint is down), :meth:`restore` listens on the same port again."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = free_port()
+        self._conns: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._run, args=(listener,), daemon=True).start()
+
+    def _run(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _addr = listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return
+            self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+
+    def cut(self) -> None:
+        assert self._listener is not None
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it
+        self._listener.close()
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # a reset
+
+
+def test_an_unavailable_object_store_never_answers_success(
+    pg_url: str, s3: S3Endpoint, tmp_path: Path, make_server
+) -> None:
+    """S3 unreachable in the middle of an association: C-STORE fails (0xA700), STOW-RS
+    answers 503; once it is back the sender's retry stores everything, and fsck agrees."""
+    relay = Cuttable(int(s3.endpoint_url.rsplit(":", 1)[1]))
+    env = {**s3.env(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{relay.port}"}
+    os.environ.update(env)
+    try:
+        data = tmp_path / "data"
+        cli(data, "init", "--aet", SERVER_AET, "--index-url", pg_url,
+            "--blob-url", s3.url("cut"))  # fmt: skip
+        cli(data, "peer", "add", "test", "--aet", CLIENT_AET, "--host", "127.0.0.1",
+            "--allow", "echo,store")  # fmt: skip
+        add_user(data, "up", "uploader")
+        secret = cli(data, "token", "create", "--user", "up", "--scope", "write")
+        secret = secret.stdout.strip().splitlines()[-1]
+        server = make_server(data)
+        files = write_files(
+            tmp_path / "f",
+            Spec(patients=2, studies_per_patient=2, series_per_study=1, instances_per_series=3),
+        )
+        ae = AE(ae_title=CLIENT_AET)
+        for uid in SOP_CLASS_FOR.values():
+            ae.add_requested_context(uid, EXPLICIT_LE)
+        ae.dimse_timeout = ae.network_timeout = 120
+        assoc = ae.associate("127.0.0.1", server.port, ae_title=SERVER_AET)
+        assert assoc.is_established
+        assert [assoc.send_c_store(ds).Status for _, ds in files[:3]] == [0, 0, 0]
+        relay.cut()
+        statuses = []
+        for _, ds in files[3:5]:
+            rsp = assoc.send_c_store(ds)
+            statuses.append(rsp.Status if "Status" in rsp else None)
+        assert statuses == [0xA700, 0xA700], statuses
+        if assoc.is_established:
+            assoc.release()
+        body, ctype = _stow_body(files[5][0])
+        r = https_session(server, secret).post(
+            https_url(server, "/dicom-web/studies"), data=body,
+            headers={"Content-Type": ctype, "Accept": "application/dicom+json"}, timeout=120,
+        )  # fmt: skip
+        assert r.status_code == 503, (r.status_code, r.text[:300])
+        relay.restore()
+        proc = subprocess.run(
+            [dcmtk_path("storescu"), "-aet", CLIENT_AET, "-aec", SERVER_AET, "127.0.0.1",
+             str(server.port), *[str(p) for p, _ in files]],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "TCP_NODELAY": "1"},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"instances: {len(files)}\n" in cli(data, "status").stdout
+        server.stop()
+        fsck = cli(data, "fsck", check=False)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    finally:
+        relay.cut()
+        for key in env:
+            os.environ.pop(key, None)

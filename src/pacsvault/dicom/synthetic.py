@@ -123,13 +123,13 @@ def data_set(spec: Spec) -> Iterator[Dataset]:
         birth = f"{1940 + rng.randrange(70)}{1 + rng.randrange(12):02d}{1 + rng.randrange(28):02d}"
         sex = "FM"[p % 2]
         for s in range(spec.studies_per_patient):
-            study_uid = generate_uid(entropy_srcs=[uid_root, str(p), str(s)])
+            study_uid = generate_uid(entropy_srcs=[uid_root, f"p{p}", f"s{s}"])
             year = 2015 + (p + s) % 10
             study_date = f"{year}{1 + (p * 3 + s) % 12:02d}{1 + (p + s * 7) % 28:02d}"
             study_time = f"{8 + (p + s) % 10:02d}{(p * 7 + s) % 60:02d}00"
             for se in range(spec.series_per_study):
                 modality = modalities[(s + se) % len(modalities)]
-                series_uid = generate_uid(entropy_srcs=[uid_root, str(p), str(s), str(se)])
+                series_uid = generate_uid(entropy_srcs=[uid_root, f"p{p}", f"s{s}", f"e{se}"])
                 for i in range(spec.instances_per_series):
                     yield image(
                         patient_id=patient_id,
@@ -148,7 +148,7 @@ def data_set(spec: Spec) -> Iterator[Dataset]:
                         rows=spec.rows,
                         columns=spec.columns,
                         sop_instance_uid=generate_uid(
-                            entropy_srcs=[uid_root, str(p), str(s), str(se), str(i)]
+                            entropy_srcs=[uid_root, f"p{p}", f"s{s}", f"e{se}", f"i{i}"]
                         ),
                         pixel_seed=hash((spec.seed, p, s, se, i)) & 0xFFFF,
                     )

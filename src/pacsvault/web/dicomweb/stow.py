@@ -5,7 +5,9 @@ arrives (never whole in memory) and is checked by the same Archive path as a
 C-STORE: validation, duplicate policy, durability, audit. Nothing is stored until
 the whole body has arrived and parsed: a body cut short or malformed stores nothing.
 The answer lists stored and failed instances with their reasons: 200 when all were
-stored, 202 when some failed or came with a warning, 409 when none was stored.
+stored, 202 when some failed or came with a warning, 409 when none was stored, 503
+(with Retry-After) when none was stored only for want of resources (0xA700: index or
+object storage unreachable, disk full).
 """
 
 from __future__ import annotations
@@ -177,4 +179,11 @@ def _answer(
     if stored:
         body["00081199"] = {"vr": "SQ", "Value": stored}
     status = 409 if not stored else 202 if failed or warned else 200
-    return JSONResponse(body, status_code=status, media_type="application/dicom+json")
+    headers = None
+    if not stored and failed and all(f["00081197"]["Value"] == [st.OUT_OF_RESOURCES]
+                                     for f in failed):  # fmt: skip
+        # Nothing stored, only for want of resources (the index or object storage is
+        # unreachable, the disk is full): the sender should retry, not give up.
+        status, headers = 503, {"Retry-After": "30"}
+    return JSONResponse(body, status_code=status, media_type="application/dicom+json",
+                        headers=headers)  # fmt: skip
