@@ -6,10 +6,10 @@ DATA   ?= ./pacsvault-data
 PORT   ?= 11112
 JOBS   ?= auto
 
-.PHONY: run test lint bench bench-ingest bench-find bench-web bench-debs bench-viewer clean venv debs
+.PHONY: run test lint bench bench-ingest bench-find bench-web bench-scaleout bench-debs bench-viewer clean venv debs
 
 # Benchmark scripts (no .py suffix, so `ruff check .` does not see them).
-BENCH_SCRIPTS := bench/ingest bench/find bench/web $(wildcard bench/viewer)
+BENCH_SCRIPTS := bench/ingest bench/find bench/web bench/scaleout $(wildcard bench/viewer)
 # `make bench QUICK=1`: the same harnesses on smaller data, one run each (under 5 minutes).
 QUICK ?=
 
@@ -55,8 +55,8 @@ bench-debs: debs
 	scripts/ensure-debian-packages /usr/sbin/Orthanc:orthanc \
 	  /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb
 
-# Every benchmark, pacsvault against Orthanc (see bench/README.md).
-bench: bench-ingest bench-find bench-web
+# Every benchmark: pacsvault against Orthanc, and against itself scaled out (see bench/README.md).
+bench: bench-ingest bench-find bench-web bench-scaleout
 	@if [ -f bench/viewer ]; then \
 	  q=; if [ -n "$(QUICK)" ] && $(BIN)/python bench/viewer --help | grep -q -- --quick; then q=--quick; fi; \
 	  $(BIN)/python bench/viewer $$q; fi
@@ -69,6 +69,10 @@ bench-find: venv bench-debs
 
 bench-web: venv bench-debs
 	$(BIN)/python bench/web $(if $(QUICK),--studies 1000 --series 30 --stow 30 --repeat 1 --stow-repeat 1)
+
+# pacsvault on PostgreSQL + S3 (moto) and on PostgreSQL + files against its embedded default.
+bench-scaleout: venv debs
+	$(BIN)/python bench/scaleout $(if $(QUICK),--quick)
 
 bench-viewer: venv debs
 	$(BIN)/python bench/viewer
