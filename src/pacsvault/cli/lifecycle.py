@@ -77,7 +77,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     count = worker_count(settings.dicom.workers)
     pool = None
     if count > 1:
-        pool = WorkerPool(args.data_dir, settings, count, verbose=bool(args.verbose))
+        from pacsvault.cli import dicom_worker
+
+        pool = WorkerPool(args.data_dir, settings, count, entry=dicom_worker.worker_entry,
+                          module=dicom_worker.MODULE, verbose=bool(args.verbose))  # fmt: skip
         pool.fork()  # before the data directory is opened or any thread is started
     try:
         return _serve(args, settings, pool)

@@ -37,14 +37,13 @@ worker that received it.
 
 Workers are forked before the parent opens the data directory or starts a
 thread (cheap, and nothing is shared but the imported code); a worker restarted
-later is a fresh interpreter (``python -m pacsvault.dimse.workers``), since the
+later is a fresh interpreter (``python -m pacsvault.cli.dicom_worker``), since the
 parent has threads and open databases by then. Workers die with the parent
 (``PR_SET_PDEATHSIG``), so a kill -9 of ``serve`` leaves no orphan serving.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import json
@@ -66,7 +65,6 @@ from pacsvault.config import Settings
 from pacsvault.dimse.proxy_header import is_trusted
 from pacsvault.dimse.server import (
     Admission,
-    DicomServer,
     address_of,
     bind_listener,
     handshake_key,
@@ -77,6 +75,9 @@ log = logging.getLogger("pacsvault.dimse")
 
 #: Largest control message (JSON); the settings of a restarted worker are the biggest.
 MAX_MESSAGE = 1024 * 1024
+#: A worker process's body: (data directory, control socket, number) -> exit status.
+WorkerEntry = Callable[[Path, socket.socket, int], int]
+
 #: How long a worker waits for the parent's answer to an admission request.
 ADMIT_TIMEOUT = 10.0
 #: How long ``stop`` waits for the workers to end before killing them.
@@ -94,7 +95,7 @@ def worker_count(setting: int) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """Have the kernel SIGKILL this process when its parent ends (Linux); best effort."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -199,85 +200,6 @@ class RemoteAdmission(Admission):
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-def run_worker(data_dir: Path, ctl: socket.socket, number: int) -> int:
-    """Serve the connections the parent hands over *ctl* until told to stop; exit status."""
-    from pacsvault.site import open_site
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the
-    stopping = threading.Event()  # parent decides; SIGTERM to a worker alone stops it
-
-    def _on_term(_signum: int, _frame: object) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, _on_term)
-    link = Link(ctl)
-    start, _fd = link.receive()
-    if start is None or start.get("op") != "start":
-        return 0  # the parent ended before starting us
-    settings = Settings.model_validate(start["settings"])
-    with open_site(data_dir, settings) as site:
-        tls = site.tls_context() if settings.tls.enabled else None
-        admission = RemoteAdmission(link)
-        server = DicomServer(settings.dicom, site.archive, site.policy, tls=tls,
-                             tls_port=settings.tls.port, admission=admission)  # fmt: skip
-        site.audit.begin_run(f"dicom-worker-{number}")
-        link.send({"op": "ready", "pid": os.getpid()})
-        ctl.settimeout(0.5)
-        try:
-            while not stopping.is_set():
-                try:
-                    msg, fd = link.receive()
-                except TimeoutError:
-                    continue
-                if msg is None:
-                    break  # the parent is gone
-                op = msg.get("op")
-                if op == "conn" and fd is not None:
-                    sock = socket.socket(fileno=fd)
-                    sock.settimeout(None)
-                    server.serve_connection(int(msg["id"]), sock, str(msg["address"]),
-                                            tls if msg.get("tls") else None)  # fmt: skip
-                elif fd is not None:
-                    os.close(fd)
-                if op == "admit":
-                    admission.answer(int(msg["id"]), bool(msg["ok"]))
-                elif op == "drop":
-                    admission.drop(int(msg["id"]))
-                elif op == "stop":
-                    break
-        finally:
-            server.stop()
-    return 0
-
-
-def _worker_entry(data_dir: Path, ctl: socket.socket, number: int) -> int:
-    try:
-        return run_worker(data_dir, ctl, number)
-    except Exception as exc:
-        log.exception("DICOM worker %d failed: %s", number, type(exc).__name__)
-        return 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry of a restarted worker: ``python -m pacsvault.dimse.workers``."""
-    from pacsvault.cli import configure_logging
-
-    parser = argparse.ArgumentParser(prog="pacsvault-dicom-worker")
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--control-fd", type=int, required=True)
-    parser.add_argument("--parent", type=int, required=True)
-    parser.add_argument("--number", type=int, default=0)
-    parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    _die_with_parent(args.parent)
-    configure_logging(args.verbose)
-    ctl = socket.socket(fileno=args.control_fd)
-    return _worker_entry(Path(args.data), ctl, args.number)
-
-
-# -- the parent side --------------------------------------------------------------------
-
-
 @dataclass
 class Worker:
     """A worker process as the parent sees it."""
@@ -334,8 +256,13 @@ class WorkerPool:
     """
 
     def __init__(self, data_dir: Path, settings: Settings, count: int, *,
-                 verbose: bool = False) -> None:  # fmt: skip
+                 entry: WorkerEntry, module: str, verbose: bool = False) -> None:  # fmt: skip
+        """*entry* runs a forked worker (data directory, control socket, number: exit
+        status); *module* is what ``python -m`` runs for a restarted one, with
+        ``--data --control-fd --parent --number [--verbose]``."""
         self.data_dir = data_dir
+        self.entry = entry
+        self.module = module
         self.settings = settings
         self.count = count
         self.verbose = verbose
@@ -368,8 +295,8 @@ class WorkerPool:
                     mine.close()
                     for sock in ours:
                         sock.close()
-                    _die_with_parent(parent)
-                    code = _worker_entry(self.data_dir, theirs, number)
+                    die_with_parent(parent)
+                    code = self.entry(self.data_dir, theirs, number)
                 finally:
                     with contextlib.suppress(Exception):
                         sys.stdout.flush()
@@ -382,7 +309,7 @@ class WorkerPool:
     def _spawn(self, number: int) -> Worker:
         """A new worker in a fresh interpreter (the parent has threads by now)."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        args = [sys.executable, "-m", "pacsvault.dimse.workers", "--data", str(self.data_dir),
+        args = [sys.executable, "-m", self.module, "--data", str(self.data_dir),
                 "--control-fd", str(theirs.fileno()), "--parent", str(os.getpid()),
                 "--number", str(number)]  # fmt: skip
         if self.verbose:
@@ -616,7 +543,3 @@ class _PeerName:
     """What :meth:`Admission.establish` reads of a peer: its name."""
 
     name: str
-
-
-if __name__ == "__main__":
-    sys.exit(main())
