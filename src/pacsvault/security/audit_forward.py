@@ -21,6 +21,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -37,6 +38,26 @@ log = logging.getLogger("pacsvault.audit")
 STATE_KEY = "audit_forwarded"
 FACILITY_AUTHPRIV = 10
 SEVERITY = {"success": 5, "warning": 4, "refused": 4, "failure": 3}  # notice, warning, error
+
+
+def _alive(sock: ssl.SSLSocket) -> bool:
+    """False when the collector has closed *sock*. A collector never sends data, so a
+    readable socket is the end of the connection (or TLS records such as session tickets,
+    which a non-blocking read consumes)."""
+    readable, _w, _x = select.select([sock], [], [], 0)
+    if not readable:
+        return True
+    timeout = sock.gettimeout()
+    try:
+        sock.setblocking(False)
+        return sock.recv(1) != b""
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+        return True  # only TLS records, consumed
+    except (OSError, ssl.SSLError):
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
 
 
 def syslog_frame(row: Mapping[str, Any], source_id: str, hostname: str) -> bytes:
@@ -111,6 +132,10 @@ class AuditForwarder:
         return ctx
 
     def _connect(self) -> ssl.SSLSocket:
+        if self._sock is not None and not _alive(self._sock):
+            # The collector closed (or restarted) since the last batch: a write into that
+            # connection would still "succeed" into the kernel's buffer and be lost.
+            self._close()
         if self._sock is None:
             cfg = self.settings
             raw = socket.create_connection((cfg.syslog_host, cfg.syslog_port), timeout=10)
