@@ -23,6 +23,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pynetdicom import AE
+from pynetdicom.association import Association
 
 from conftest import (
     CLIENT_AET,
@@ -198,12 +199,7 @@ def test_an_unavailable_index_never_answers_success(
         tmp_path / "f",
         Spec(patients=2, studies_per_patient=2, series_per_study=1, instances_per_series=5),
     )
-    ae = AE(ae_title=CLIENT_AET)
-    for uid in SOP_CLASS_FOR.values():
-        ae.add_requested_context(uid, EXPLICIT_LE)
-    ae.dimse_timeout = ae.network_timeout = 60
-    assoc = ae.associate("127.0.0.1", server.port, ae_title=SERVER_AET)
-    assert assoc.is_established
+    assoc = _storage_association(server, timeout=60)
     first, rest = files[:5], files[5:]
     assert [assoc.send_c_store(ds).Status for _, ds in first] == [0] * len(first)
     pg_server.stop()
@@ -234,6 +230,17 @@ def test_an_unavailable_index_never_answers_success(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"instances: {len(files)}\n" in cli(data, "status").stdout
+
+
+def _storage_association(server: Server, timeout: float) -> Association:
+    """A pynetdicom association to *server* proposing every synthetic storage class."""
+    ae = AE(ae_title=CLIENT_AET)
+    for uid in SOP_CLASS_FOR.values():
+        ae.add_requested_context(uid, EXPLICIT_LE)
+    ae.dimse_timeout = ae.network_timeout = timeout
+    assoc = ae.associate("127.0.0.1", server.port, ae_title=SERVER_AET)
+    assert assoc.is_established
+    return assoc
 
 
 def _stow_body(path: Path) -> tuple[bytes, str]:
@@ -307,12 +314,7 @@ def test_an_unavailable_object_store_never_answers_success(
             tmp_path / "f",
             Spec(patients=2, studies_per_patient=2, series_per_study=1, instances_per_series=3),
         )
-        ae = AE(ae_title=CLIENT_AET)
-        for uid in SOP_CLASS_FOR.values():
-            ae.add_requested_context(uid, EXPLICIT_LE)
-        ae.dimse_timeout = ae.network_timeout = 120
-        assoc = ae.associate("127.0.0.1", server.port, ae_title=SERVER_AET)
-        assert assoc.is_established
+        assoc = _storage_association(server, timeout=120)
         assert [assoc.send_c_store(ds).Status for _, ds in files[:3]] == [0, 0, 0]
         relay.cut()
         statuses = []

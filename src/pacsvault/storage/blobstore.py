@@ -20,6 +20,26 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 
+def remove_if_abandoned(path: str) -> bool:
+    """Remove the staged file at *path* unless a writer holds it locked (flock); True if
+    removed. Every writer locks its staged file for as long as the file exists."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # in use
+    finally:
+        os.close(fd)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 class StagedBlob(Protocol):
     """An object being written into a store's own staging area, not yet visible."""
 
@@ -119,23 +139,8 @@ class FileBlobStore:
         writer's store then fails cleanly with "storage unavailable".) Returns how many
         were removed.
         """
-        removed = 0
         with os.scandir(self.tmp) as it:
-            for entry in it:
-                try:
-                    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
-                except OSError:
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    continue  # in use
-                finally:
-                    os.close(fd)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    removed += 1
-        return removed
+            return sum(remove_if_abandoned(entry.path) for entry in it)
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")

@@ -83,7 +83,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from pacsvault.storage.blobstore import StagedBlob
+from pacsvault.storage.blobstore import StagedBlob, remove_if_abandoned
 
 log = logging.getLogger(__name__)
 
@@ -363,28 +363,11 @@ class S3BlobStore:
 
     def _clean_spools(self) -> int:
         """Remove the spool files in scratch that no writer holds locked."""
-        removed = 0
         try:
             entries = list(os.scandir(self.scratch))
         except FileNotFoundError:
             return 0
-        for entry in entries:
-            if not entry.name.endswith(SPOOL_SUFFIX):
-                continue
-            try:
-                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # in use
-            finally:
-                os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-                removed += 1
-        return removed
+        return sum(remove_if_abandoned(e.path) for e in entries if e.name.endswith(SPOOL_SUFFIX))
 
     def _abort_uploads_before(self, cutoff: float) -> int:
         """Abort the multipart uploads below the prefix started before *cutoff*."""
