@@ -156,6 +156,7 @@ class Site:
         self.audit = AuditTrail(
             self.index,
             self.writer.submit,
+            post=self.writer.post,
             signer=load_signer(data_dir),
             checkpoint_every=settings.audit.checkpoint_every,
             checkpoint_log=CheckpointLog(data_dir),

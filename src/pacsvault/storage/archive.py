@@ -592,6 +592,7 @@ class Archive:
                 patient_ref=self.pseudonyms.ref(patient_id),
                 detail=f"ended: completed {completed}, failed {failed}, warning {warning}{suffix}",
                 best_effort=True,  # what it describes has happened; the start was recorded
+                wait=False,  # so the answer's last byte does not wait for this commit
             )
 
     def open(self, principal: Principal, inst: StoredInstance) -> BinaryIO:

@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -111,6 +112,7 @@ def append(conn: Connection, chain: str, row: dict[str, Any]) -> dict[str, Any]:
 
 
 Submit = Callable[[Callable[[Connection], Any]], Any]
+Post = Callable[[Callable[[Connection], Any]], Future[Any]]
 
 
 class AuditTrail:
@@ -130,6 +132,7 @@ class AuditTrail:
         index: Index,
         submit: Submit | None = None,
         *,
+        post: Post | None = None,
         signer: AuditSigner | None = None,
         checkpoint_every: int = 100,
         checkpoint_log: CheckpointLog | None = None,
@@ -139,6 +142,7 @@ class AuditTrail:
         self.chain = chain
         self._head_key = head_key(chain)
         self._submit = submit
+        self._post = post
         self.signer = signer
         self.checkpoint_every = checkpoint_every
         self.log = checkpoint_log if signer is not None else None
@@ -400,16 +404,26 @@ class AuditTrail:
         patient_ref: str | None = None,
         detail: str | None = None,
         best_effort: bool = False,
+        wait: bool = True,
     ) -> None:
         """Record one event durably.
 
         Raises :class:`AuditUnavailable` when the record cannot be written, so that no
         access happens unrecorded: the caller refuses what it was about to do. With
         *best_effort* (for refusals, which give nothing away) a failure is only logged.
+        With *wait* false (only for a record of something that has already happened,
+        such as a retrieve's end, whose start was recorded durably) the record is
+        queued for the writer's next group commit and this returns at once; a failure
+        is logged.
         """
         row = self.row(
             action, outcome, actor, study_uid=study_uid, patient_ref=patient_ref, detail=detail
         )
+        if not wait and self._post is not None:
+            self._post(lambda conn: self.insert(conn, row)).add_done_callback(
+                lambda fut: _log_failure(fut, action)
+            )
+            return
         try:
             self._write(lambda conn: self.insert(conn, row))
         except Exception as exc:
@@ -586,3 +600,9 @@ class AuditFilters:
     def describe(self, verb: str, count: int) -> str:
         """The detail of the audit record of this search (never a filter's value)."""
         return f"{verb} by {','.join(self.used()) or 'nothing'}: {count} records"
+
+
+def _log_failure(fut: Future[Any], action: Action) -> None:
+    exc = fut.exception()
+    if exc is not None:
+        log.error("could not write audit record (%s): %s", action.value, type(exc).__name__)

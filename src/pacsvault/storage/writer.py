@@ -84,11 +84,16 @@ class IndexWriter:
         An exception raised by *op* is re-raised here; it rolls back *op*'s changes
         only (the rest of its batch is retried and commits without it).
         """
+        return self.post(op).result()
+
+    def post(self, op: Callable[[Connection], T]) -> Future[T]:
+        """Queue *op* for the next group commit without waiting for it; the Future
+        holds its result (or exception) once committed."""
         if not self._started:
             self.start()
         fut: Future[T] = Future()
         self._queue.put((op, fut))
-        return fut.result()
+        return fut
 
     def _run(self) -> None:
         stopping = False

@@ -26,6 +26,7 @@ from pacsvault.storage.index import StoredInstance
 from pacsvault.web.deps import Caller, site_of
 from pacsvault.web.dicomweb import wado
 from pacsvault.web.dicomweb.qido import check_uid
+from pacsvault.web.streams import streamed
 
 log = logging.getLogger("pacsvault.web")
 
@@ -101,8 +102,8 @@ def study_zip(request: Request, study: str, who: Caller) -> StreamingResponse:
     found = archive.export(who, level, conds, what=ZIP)
     if not found:
         raise HTTPException(404, "no such study")
-    return StreamingResponse(
+    return streamed(
         zip_stream(archive, who, found),
-        media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="study-{uid}.zip"'},
+        "application/zip",
+        {"Content-Disposition": f'attachment; filename="study-{uid}.zip"'},
     )

@@ -66,6 +66,7 @@ from pacsvault.storage.index import StoredInstance
 from pacsvault.web.deps import DICOMWEB, Caller, require, site_of
 from pacsvault.web.dicomweb import wado
 from pacsvault.web.dicomweb.qido import check_uid
+from pacsvault.web.streams import streamed
 
 log = logging.getLogger("pacsvault.web")
 
@@ -320,7 +321,7 @@ def frames_response(
             read.end(sent)
 
     media = f'multipart/related; type="{offer.media}"; boundary={boundary}'
-    return StreamingResponse(body(), media_type=media)
+    return streamed(body(), media)
 
 
 def _decompressed(reader: DatasetReader, header: Header, image: ImagePixel, frame: Frame) -> bytes:
@@ -415,7 +416,7 @@ def _bulk_response(read: Read, header: Header, element: Element) -> StreamingRes
             read.end(sent)
 
     media = f'multipart/related; type="{OCTET}"; boundary={boundary}'
-    return StreamingResponse(body(), media_type=media)
+    return streamed(body(), media)
 
 
 # -- rendered and thumbnails --------------------------------------------------------------------
@@ -739,4 +740,4 @@ def uri_object(read: Read, syntax: str) -> StreamingResponse:
         finally:
             read.end(sent)
 
-    return StreamingResponse(body(), media_type=f"application/dicom; transfer-syntax={target}")
+    return streamed(body(), f"application/dicom; transfer-syntax={target}")

@@ -19,6 +19,7 @@ from pacsvault.dicom.attributes import ATTRIBUTES, BY_KEYWORD, BY_TAG, IndexAttr
 from pacsvault.dicom.json_model import element, row_json
 from pacsvault.dicom.matching import Condition, Exact, InvalidQuery, Wildcard, parse_condition
 from pacsvault.dicom.uids import is_safe_uid
+from pacsvault.web.streams import streamed
 
 DICOM_JSON = "application/dicom+json"
 
@@ -183,4 +184,4 @@ def answer(found: Iterator[Any], search: Search, base: str) -> StreamingResponse
     if len(rows) > search.limit:
         rows = rows[: search.limit]
         headers["Warning"] = '299 pacsvault "There are additional results that can be requested"'
-    return StreamingResponse(_stream(rows, search, base), media_type=DICOM_JSON, headers=headers)
+    return streamed(_stream(rows, search, base), DICOM_JSON, headers)

@@ -34,6 +34,7 @@ from pacsvault.dicom.transcode import (
 from pacsvault.security.identity import Principal
 from pacsvault.storage.archive import Archive
 from pacsvault.storage.index import StoredInstance
+from pacsvault.web.streams import streamed
 
 log = logging.getLogger("pacsvault.web")
 
@@ -184,7 +185,7 @@ def instance_parts(
             archive.retrieved(principal, outcome)
 
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    return StreamingResponse(body(), media_type=media)
+    return streamed(body(), media)
 
 
 def _object(
