@@ -9,7 +9,7 @@ JOBS   ?= auto
 .PHONY: run test lint bench bench-ingest bench-find bench-web bench-scaleout bench-debs bench-viewer clean venv debs
 
 # Benchmark scripts (no .py suffix, so `ruff check .` does not see them).
-BENCH_SCRIPTS := bench/ingest bench/find bench/web bench/scaleout $(wildcard bench/viewer)
+BENCH_SCRIPTS := bench/ingest bench/find bench/web bench/scaleout bench/viewer
 # `make bench QUICK=1`: the same harnesses on smaller data, one run each (under 5 minutes).
 QUICK ?=
 
@@ -57,9 +57,7 @@ bench-debs: debs
 
 # Every benchmark: pacsvault against Orthanc, and against itself scaled out (see bench/README.md).
 bench: bench-ingest bench-find bench-web bench-scaleout
-	@if [ -f bench/viewer ]; then \
-	  q=; if [ -n "$(QUICK)" ] && $(BIN)/python bench/viewer --help | grep -q -- --quick; then q=--quick; fi; \
-	  $(BIN)/python bench/viewer $$q; fi
+	$(BIN)/python bench/viewer $(if $(QUICK),--quick)
 
 bench-ingest: venv bench-debs
 	$(BIN)/python bench/ingest $(if $(QUICK),--quick)

@@ -56,9 +56,14 @@ def test_bench_web_smallest_case(tmp_path: Path) -> None:
     assert "QIDO" in out or "qido" in out.lower(), out
 
 
-@pytest.mark.skipif(not (BENCH / "viewer").exists(), reason="no bench/viewer in this tree")
 def test_bench_viewer_smallest_case(tmp_path: Path) -> None:
-    help_text = run("viewer", "--help")
-    if "--quick" not in help_text:
-        pytest.skip("bench/viewer has no --quick mode")
-    run("viewer", "--quick")
+    out = run("viewer", "--slices", "6", "--size", "64", "--repeat", "1",
+              "--workdir", str(tmp_path))  # fmt: skip
+    assert "| all-loaded |" in out and "first-image" in out, out
+
+
+def test_bench_scaleout_smallest_case(tmp_path: Path) -> None:
+    # Back ends (a) and (b): (c) runs the same code as (b) with a file store.
+    out = run("scaleout", "--small", "4", "--ct", "2", "--repeat", "1", "--backends", "ab",
+              "--workdir", str(tmp_path))  # fmt: skip
+    assert "embedded" in out and "PostgreSQL + S3" in out and "C-FIND" in out, out
