@@ -6,10 +6,11 @@ DATA   ?= ./pacsvault-data
 PORT   ?= 11112
 JOBS   ?= auto
 
-.PHONY: run test lint bench bench-ingest bench-find bench-web bench-scaleout bench-debs bench-viewer clean venv debs
+.PHONY: run test lint bench bench-ingest bench-find bench-lookup bench-web bench-scaleout bench-debs bench-viewer clean venv debs
 
 # Benchmark scripts (no .py suffix, so `ruff check .` does not see them).
-BENCH_SCRIPTS := bench/ingest bench/find bench/web bench/scaleout bench/viewer
+comma := ,
+BENCH_SCRIPTS := bench/ingest bench/find bench/lookup bench/web bench/scaleout bench/viewer
 # `make bench QUICK=1`: the same harnesses on smaller data, one run each (under 5 minutes).
 QUICK ?=
 
@@ -56,8 +57,11 @@ bench-debs: debs
 	  /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb
 
 # Every benchmark: pacsvault against Orthanc, and against itself scaled out (see bench/README.md).
-bench: bench-ingest bench-find bench-web bench-scaleout
+bench: bench-ingest bench-find bench-lookup bench-web bench-scaleout
 	$(BIN)/python bench/viewer $(if $(QUICK),--quick)
+
+bench-lookup: venv debs
+	$(BIN)/python bench/lookup $(if $(QUICK),--sizes 10000$(comma)100000)
 
 bench-ingest: venv bench-debs
 	$(BIN)/python bench/ingest $(if $(QUICK),--quick)

@@ -56,6 +56,11 @@ def test_bench_web_smallest_case(tmp_path: Path) -> None:
     assert "QIDO" in out or "qido" in out.lower(), out
 
 
+def test_bench_lookup_smallest_case(tmp_path: Path) -> None:
+    out = run("lookup", "--sizes", "20,40", "--repeat", "1", "--workdir", str(tmp_path))
+    assert "| findscu exact PatientID |" in out and "USING INDEX" in out, out
+
+
 def test_bench_viewer_smallest_case(tmp_path: Path) -> None:
     out = run("viewer", "--slices", "6", "--size", "64", "--repeat", "1",
               "--workdir", str(tmp_path))  # fmt: skip
