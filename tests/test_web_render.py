@@ -13,6 +13,7 @@ every read is in the audit trail as a retrieve that started and ended.
 from __future__ import annotations
 
 import io
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -569,6 +570,21 @@ def test_without_credentials_401(site: Site) -> None:
     del s.headers["Authorization"]
     assert s.get(site.url("CT_small.dcm") + "/frames/1").status_code == 401
     assert s.get(site.root + "/wado", params={"requestType": "WADO"}).status_code == 401
+    # On record, once a minute per address (a scan is seen; a flood does not fill the trail).
+    out = cli(site.server.data, "audit", "search", "--action", "login", "--outcome",
+              "refused").stdout  # fmt: skip
+    assert out.count("no credentials for GET /dicom-web") == 1, out
+
+
+def test_anonymous_records_once_per_address_and_window() -> None:
+    from pacsvault.web.auth import AnonymousRecords
+
+    records = AnonymousRecords(window=0.2, addresses=2)
+    assert records.should_record("10.0.0.1") and not records.should_record("10.0.0.1")
+    assert records.should_record("10.0.0.2")
+    assert not records.should_record("10.0.0.3")  # table full of recent addresses: none
+    time.sleep(0.25)
+    assert records.should_record("10.0.0.3") and records.should_record("10.0.0.1")
 
 
 def test_pixel_reads_are_audited_retrieves(site: Site) -> None:

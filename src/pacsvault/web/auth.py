@@ -12,13 +12,14 @@ CSRF token since no browser attaches it on its own. The one AccessPolicy decides
 from __future__ import annotations
 
 import hmac
+import threading
 import time
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
 from pacsvault.security.audit import Action
-from pacsvault.security.identity import Principal, Refusal
+from pacsvault.security.identity import Actor, Principal, Refusal
 from pacsvault.security.policy import AccessPolicy
 from pacsvault.security.tokens import digest, new_secret
 from pacsvault.storage.web_sessions import WebSessionRepository
@@ -78,6 +79,36 @@ class Sessions:
         return token
 
 
+class AnonymousRecords:
+    """Which requests without credentials are recorded in the audit trail: the first from
+    an address in each *window* seconds, so that a scan is on record while a flood
+    from one address cannot fill the trail (or the disk) one durable record a request."""
+
+    def __init__(self, window: float = 60.0, addresses: int = 10_000) -> None:
+        self.window = window
+        self.addresses = addresses
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def should_record(self, address: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(address, -self.window) < self.window:
+                return False
+            if len(self._last) >= self.addresses:  # forget the quiet ones
+                self._last = {a: t for a, t in self._last.items() if now - t < self.window}
+                if len(self._last) >= self.addresses:
+                    return False
+            self._last[address] = now
+            return True
+
+
+ANONYMOUS = AnonymousRecords()
+#: Where this records a request without credentials: DICOMweb (the admin API records
+#: its own, naming the operation; a page without a session goes to the login page).
+RECORDED_AREAS = frozenset({"/dicom-web"})
+
+
 def authenticate(request: Request, policy: AccessPolicy, sessions: Sessions) -> Principal:
     """The principal of *request*, or 401. A session's state change without its CSRF
     token is refused with 403 (it may be a forged cross-site request)."""
@@ -90,6 +121,10 @@ def authenticate(request: Request, policy: AccessPolicy, sessions: Sessions) -> 
         return outcome
     secret = request.cookies.get(SESSION_COOKIE)
     if not secret:
+        area = "/".join(request.url.path.split("/")[:2])
+        if area in RECORDED_AREAS and ANONYMOUS.should_record(address):
+            policy.refuse(Actor.unknown(address), Action.LOGIN,
+                          f"no credentials for {request.method} {area}")  # fmt: skip
         raise Unauthorized()
     outcome = policy.authenticate_session(secret, address)
     if isinstance(outcome, Refusal):
