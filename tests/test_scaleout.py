@@ -8,6 +8,7 @@ password and moto's secret key.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pydicom
@@ -204,3 +205,27 @@ def test_server_on_postgresql_starts_from_a_settings_file_with_the_older_key(
     finally:
         server.stop()
     assert not (data / "index.sqlite").exists()
+
+
+def test_a_second_node_with_the_same_name_is_warned(pg_url: str, tmp_path: Path) -> None:
+    """A data directory copied for a new node without its own index.node: the second
+    ``serve`` on the shared index says so at start (and serves: a misnamed node costs
+    speed, not correctness); once the first has died, the name is free again."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    cli(one, "init", "--index-url", pg_url)
+    shutil.copytree(one, two)
+    first = Server(one, free_port(), tmp_path / "one.log")
+    first.start()
+    warning = "another running node uses the node name '' (the default) on this index"
+    try:
+        second = Server(two, free_port(), tmp_path / "two.log")
+        second.start()
+        second.stop()
+        assert warning in second.log_text() and "index.node" in second.log_text()
+        assert warning not in first.log_text()
+    finally:
+        first.kill9()  # no clean stop: the lock goes with the dead process's session
+    third = Server(two, free_port(), tmp_path / "three.log")
+    third.start()
+    third.stop()
+    assert warning not in third.log_text()

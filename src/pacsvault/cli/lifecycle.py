@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import ssl
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from pacsvault import __version__
@@ -95,7 +97,7 @@ def _serve(args: argparse.Namespace, settings: Settings, pool) -> int:  # type: 
     from pacsvault.dimse.server import DicomServer
 
     stop = _stop_on_signal()  # from now on SIGTERM and SIGINT stop cleanly
-    with open_site(args.data_dir, settings) as site:
+    with open_site(args.data_dir, settings) as site, _node_lease(site):
         tls = _tls_context(site)
         if not settings.dicom.cleartext and tls is None:
             raise CommandError("no listener: both cleartext DICOM and TLS are disabled")
@@ -159,6 +161,22 @@ def _serve(args: argparse.Namespace, settings: Settings, pool) -> int:  # type: 
             forwarder.stop()
     print("pacsvault stopped", flush=True)
     return 0
+
+
+@contextlib.contextmanager
+def _node_lease(site: Site) -> Iterator[None]:
+    """This node's name, held on a shared index while serving (see storage.nodes)."""
+    from pacsvault.storage.nodes import NodeLease
+
+    lease = NodeLease(site.index.engine, site.settings.index.node)
+    taken = lease.acquire()
+    if taken is not None:
+        log.warning("%s", taken)
+        print(f"pacsvault: warning: {taken}", file=sys.stderr, flush=True)
+    try:
+        yield
+    finally:
+        lease.release()
 
 
 def _web_server(site: Site):  # type: ignore[no-untyped-def]

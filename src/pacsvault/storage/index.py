@@ -13,6 +13,7 @@ matching) uses that copy, so a study never shows another study's patient.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sqlite3
 import time
@@ -51,6 +52,13 @@ from pacsvault.storage import schema as s
 log = logging.getLogger(__name__)
 
 _AFTER_COMMIT = "pacsvault_after_commit"
+
+
+def advisory_lock_id(namespace: str, key: str) -> int:
+    """A PostgreSQL advisory lock id for *key* in *namespace*: 64 bits of a hash, as the
+    signed bigint PostgreSQL takes."""
+    digest = hashlib.sha256(f"pacsvault-{namespace}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @dataclass

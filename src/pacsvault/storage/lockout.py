@@ -7,7 +7,6 @@ refusal as any other failure, so a guesser learns nothing from it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pacsvault.security.audit import Action, Outcome
 from pacsvault.security.identity import Actor
 from pacsvault.storage import schema as s
 from pacsvault.storage.audit import AuditTrail
-from pacsvault.storage.index import Index, write_transaction
+from pacsvault.storage.index import Index, advisory_lock_id, write_transaction
 
 log = logging.getLogger("pacsvault.lockout")
 
@@ -27,9 +26,8 @@ _KEY_LOCK = text("SELECT pg_advisory_xact_lock(:id)")
 
 
 def _lock_id(key: str) -> int:
-    """The advisory lock id of a lockout key: 64 bits of a hash, in PostgreSQL's bigint."""
-    digest = hashlib.sha256(b"pacsvault-lockout\0" + key.encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+    """The advisory lock id of a lockout key."""
+    return advisory_lock_id("lockout", key)
 
 
 @dataclass(frozen=True)
