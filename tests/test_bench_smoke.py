@@ -69,6 +69,6 @@ def test_bench_viewer_smallest_case(tmp_path: Path) -> None:
 
 def test_bench_scaleout_smallest_case(tmp_path: Path) -> None:
     # Back ends (a) and (b): (c) runs the same code as (b) with a file store.
-    out = run("scaleout", "--small", "4", "--ct", "2", "--repeat", "1", "--backends", "ab",
+    out = run("scaleout", "--small", "4", "--ct", "0", "--repeat", "1", "--backends", "ab",
               "--workdir", str(tmp_path))  # fmt: skip
     assert "embedded" in out and "PostgreSQL + S3" in out and "C-FIND" in out, out
