@@ -9,7 +9,9 @@ a router of its own module, listed in :data:`ROUTERS`.
 
 from __future__ import annotations
 
+import inspect
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,10 +44,20 @@ ROUTERS = [
 ]
 
 
+#: FastAPI's native OpenTelemetry, off: from 0.16x it traces every request through the
+#: global providers, with the path and query string (patient names and IDs in a QIDO-RS
+#: query) as span attributes, exported wherever the environment's SDK sends them.
+NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False,
+                "operation_spans": False, "auto_configure": False}  # fmt: skip
+
+
 def create_app(site: Site) -> FastAPI:
     """The ASGI application for *site*."""
+    options: dict[str, Any] = {}
+    if "telemetry" in inspect.signature(FastAPI).parameters:  # FastAPI 0.16x and later
+        options["telemetry"] = NO_TELEMETRY
     app = FastAPI(title="pacsvault", version=__version__, openapi_url=None, docs_url=None,
-                  redoc_url=None)  # fmt: skip
+                  redoc_url=None, **options)  # fmt: skip
     app.state.site = site
     app.state.sessions = Sessions(site.web_sessions, site.settings.web.session_absolute)
 
