@@ -44,7 +44,7 @@ from conftest import (
 from pacsvault.dicom.synthetic import Spec
 from pacsvault.security import totp
 from pacsvault.web.middleware import SECURITY_HEADERS
-from test_viewer import FOCUS_RING, UNNAMED, Tab, browser, csp_errors, new_tab
+from test_viewer import UNNAMED, Tab, browser, csp_errors, focus_rings, new_tab
 from test_web_admin import doctor_rows
 
 __all__ = ["browser"]  # a fixture of test_viewer's, used here
@@ -590,15 +590,7 @@ def test_controls_are_labelled_and_keyboard_focus_shows(console: Console, browse
         assert current == section
         background = tab.js("() => getComputedStyle(document.body).backgroundColor")
         assert background == "rgb(17, 20, 24)"  # the viewer's dark theme
-        page.evaluate("document.activeElement.blur()")
-        seen = []
-        for _ in range(12):
-            page.keyboard.press("Tab")
-            ring = tab.js(FOCUS_RING)
-            if ring["tag"] == "BODY":
-                continue
-            seen.append(ring)
-            assert ring["style"] != "none" and ring["width"] >= 2, (section, ring)
+        seen = focus_rings(tab, section)
         assert len(seen) >= 10, seen
         shot(tab, f"focus-{section}")
     # A user added with the keyboard alone: type, Enter; the password dialog has the

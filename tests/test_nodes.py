@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import requests
 from pynetdicom import AE
 from pynetdicom.association import Association
 
@@ -97,6 +98,17 @@ def _send(port: int, files: list[Path], acked: list[str], log: Path) -> None:
         elif "Received Store Response (Success)" in line and current:
             acked.append(current)
             current = None
+
+
+def _uploader_site(data: Path, *init_args: str) -> str:
+    """A site (``init`` with *init_args*) with a peer allowed echo and store, and an
+    uploader with a write token; the token."""
+    cli(data, "init", "--aet", SERVER_AET, *init_args)
+    cli(data, "peer", "add", "test", "--aet", CLIENT_AET, "--host", "127.0.0.1",
+        "--allow", "echo,store")  # fmt: skip
+    assert add_user(data, "up", "uploader")
+    token = cli(data, "token", "create", "--user", "up", "--scope", "write")
+    return token.stdout.strip().splitlines()[-1]
 
 
 def test_a_node_killed_mid_ingest_loses_no_acknowledged_instance(nodes, tmp_path: Path) -> None:
@@ -187,13 +199,7 @@ def test_an_unavailable_index_never_answers_success(
     (0xA700, never success) and STOW-RS answers 503; after the restart the sender's
     retry stores everything, once."""
     data = tmp_path / "data"
-    cli(data, "init", "--aet", SERVER_AET, "--index-url", pg_url)
-    cli(data, "peer", "add", "test", "--aet", CLIENT_AET, "--host", "127.0.0.1",
-        "--allow", "echo,store")  # fmt: skip
-    password = add_user(data, "up", "uploader")
-    assert password
-    secret = cli(data, "token", "create", "--user", "up", "--scope", "write")
-    secret = secret.stdout.strip().splitlines()[-1]
+    secret = _uploader_site(data, "--index-url", pg_url)
     server = make_server(data)
     files = write_files(
         tmp_path / "f",
@@ -214,11 +220,7 @@ def test_an_unavailable_index_never_answers_success(
         assert 0xA700 in statuses
         if assoc.is_established:
             assoc.release()
-        body, ctype = _stow_body(rest[5][0])
-        r = https_session(server, secret).post(
-            https_url(server, "/dicom-web/studies"), data=body,
-            headers={"Content-Type": ctype, "Accept": "application/dicom+json"}, timeout=60,
-        )  # fmt: skip
+        r = _stow(server, secret, rest[5][0], timeout=60)
         assert r.status_code == 503, (r.status_code, r.text[:300])
     finally:
         pg_server.start()
@@ -248,6 +250,15 @@ def _stow_body(path: Path) -> tuple[bytes, str]:
     body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
             + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode())  # fmt: skip
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def _stow(server: Server, token: str, path: Path, timeout: float) -> requests.Response:
+    """STOW-RS of the file at *path* to *server* with *token*."""
+    body, ctype = _stow_body(path)
+    return https_session(server, token).post(
+        https_url(server, "/dicom-web/studies"), data=body,
+        headers={"Content-Type": ctype, "Accept": "application/dicom+json"}, timeout=timeout,
+    )  # fmt: skip
 
 
 class Cuttable:
@@ -302,13 +313,7 @@ def test_an_unavailable_object_store_never_answers_success(
     os.environ.update(env)
     try:
         data = tmp_path / "data"
-        cli(data, "init", "--aet", SERVER_AET, "--index-url", pg_url,
-            "--blob-url", s3.url("cut"))  # fmt: skip
-        cli(data, "peer", "add", "test", "--aet", CLIENT_AET, "--host", "127.0.0.1",
-            "--allow", "echo,store")  # fmt: skip
-        add_user(data, "up", "uploader")
-        secret = cli(data, "token", "create", "--user", "up", "--scope", "write")
-        secret = secret.stdout.strip().splitlines()[-1]
+        secret = _uploader_site(data, "--index-url", pg_url, "--blob-url", s3.url("cut"))
         server = make_server(data)
         files = write_files(
             tmp_path / "f",
@@ -324,11 +329,7 @@ def test_an_unavailable_object_store_never_answers_success(
         assert statuses == [0xA700, 0xA700], statuses
         if assoc.is_established:
             assoc.release()
-        body, ctype = _stow_body(files[5][0])
-        r = https_session(server, secret).post(
-            https_url(server, "/dicom-web/studies"), data=body,
-            headers={"Content-Type": ctype, "Accept": "application/dicom+json"}, timeout=120,
-        )  # fmt: skip
+        r = _stow(server, secret, files[5][0], timeout=120)
         assert r.status_code == 503, (r.status_code, r.text[:300])
         relay.restore()
         proc = subprocess.run(

@@ -769,6 +769,21 @@ FOCUS_RING = """() => { const e = document.activeElement; const s = getComputedS
             width: parseFloat(s.outlineWidth)}; }"""
 
 
+def focus_rings(tab: Tab, where: str, presses: int = 12) -> list[dict]:
+    """Tab through the page from nothing focused: the focus ring of each element reached
+    (the body, between rounds, left out), each asserted visible."""
+    tab.page.evaluate("document.activeElement.blur()")
+    seen = []
+    for _ in range(presses):
+        tab.page.keyboard.press("Tab")
+        ring = tab.js(FOCUS_RING)
+        if ring["tag"] == "BODY":
+            continue
+        seen.append(ring)
+        assert ring["style"] != "none" and ring["width"] >= 2, (where, ring)
+    return seen
+
+
 def test_controls_are_labelled_and_keyboard_focus_shows(site, browser) -> None:
     tab = new_tab(browser)
     login(site, tab, "radiologist")
@@ -779,15 +794,7 @@ def test_controls_are_labelled_and_keyboard_focus_shows(site, browser) -> None:
             open_study(site, tab, site.phantom_study)
             tab.wait("() => document.querySelectorAll('#series img[src]').length === 2")
         assert tab.js(UNNAMED) == [], where
-        page.evaluate("document.activeElement.blur()")
-        seen = []
-        for _ in range(12):
-            page.keyboard.press("Tab")
-            ring = tab.js(FOCUS_RING)
-            if ring["tag"] == "BODY":
-                continue
-            seen.append(ring)
-            assert ring["style"] != "none" and ring["width"] >= 2, (where, ring)
+        seen = focus_rings(tab, where)
         assert len(seen) >= 8, seen
         tab.shot(f"focus-{where}")
     progress = page.locator(".viewport.active .progress")

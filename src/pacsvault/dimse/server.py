@@ -16,6 +16,7 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
+from typing import Any
 
 from pacsvault.config import DicomSettings
 from pacsvault.dimse.association import Limits, accept
@@ -245,11 +246,7 @@ class DicomServer:
     @property
     def listeners(self) -> list[tuple[str, str, int]]:
         """(kind, address, port) of each running listener."""
-        out = []
-        for kind, sock, _tls in self._listeners:
-            host, port = sock.getsockname()[:2]
-            out.append((kind, str(host), int(port)))
-        return out
+        return listener_addresses(self._listeners)
 
     def stop(self) -> None:
         """Stop accepting, end open connections and wait for the listeners to end."""
@@ -259,6 +256,17 @@ class DicomServer:
         for _kind, sock, _tls in self._listeners:
             sock.close()
         self.admission.close_all()
+
+
+def listener_addresses(
+    listeners: list[tuple[str, socket.socket, Any]],
+) -> list[tuple[str, str, int]]:
+    """(kind, address, port) of each (kind, listening socket, ...) entry."""
+    out = []
+    for kind, sock, *_rest in listeners:
+        host, port = sock.getsockname()[:2]
+        out.append((kind, str(host), int(port)))
+    return out
 
 
 def bind_listener(bind: str, port: int) -> socket.socket:

@@ -68,6 +68,7 @@ from pacsvault.dimse.server import (
     address_of,
     bind_listener,
     handshake_key,
+    listener_addresses,
 )
 from pacsvault.security.peers import Peer
 
@@ -366,11 +367,7 @@ class WorkerPool:
     @property
     def listeners(self) -> list[tuple[str, str, int]]:
         """(kind, address, port) of each listener."""
-        out = []
-        for kind, sock, _tls in self._listeners:
-            host, port = sock.getsockname()[:2]
-            out.append((kind, str(host), int(port)))
-        return out
+        return listener_addresses(self._listeners)
 
     # -- running ---------------------------------------------------------------------------
 
