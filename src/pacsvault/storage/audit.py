@@ -420,14 +420,17 @@ class AuditTrail:
             action, outcome, actor, study_uid=study_uid, patient_ref=patient_ref, detail=detail
         )
         if not wait and self._post is not None:
-            self._post(lambda conn: self.insert(conn, row)).add_done_callback(
-                lambda fut: _log_failure(fut, action)
-            )
+
+            def logged(fut: Future[Any]) -> None:
+                if (exc := fut.exception()) is not None:
+                    _unwritten(action, exc)
+
+            self._post(lambda conn: self.insert(conn, row)).add_done_callback(logged)
             return
         try:
             self._write(lambda conn: self.insert(conn, row))
         except Exception as exc:
-            log.error("could not write audit record (%s): %s", action.value, type(exc).__name__)
+            _unwritten(action, exc)
             if not best_effort:
                 raise AuditUnavailable(f"audit trail unavailable ({type(exc).__name__})") from None
 
@@ -602,7 +605,6 @@ class AuditFilters:
         return f"{verb} by {','.join(self.used()) or 'nothing'}: {count} records"
 
 
-def _log_failure(fut: Future[Any], action: Action) -> None:
-    exc = fut.exception()
-    if exc is not None:
-        log.error("could not write audit record (%s): %s", action.value, type(exc).__name__)
+def _unwritten(action: Action, exc: BaseException) -> None:
+    """Log that a record of *action* could not be written (the error's type, no detail)."""
+    log.error("could not write audit record (%s): %s", action.value, type(exc).__name__)
