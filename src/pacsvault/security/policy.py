@@ -107,11 +107,11 @@ class ShareDirectory(Protocol):
 class WebCredentials(Protocol):
     """Browser sessions, API tokens and second-factor secrets (storage.web_sessions, users)."""
 
-    def session(self, id_hash: str) -> SessionRecord | None: ...
+    def session_holder(self, id_hash: str) -> tuple[SessionRecord, User | None] | None: ...
 
     def touch_session(self, id_hash: str, now: float) -> None: ...
 
-    def token(self, token_id: str) -> TokenRecord | None: ...
+    def token_holder(self, token_id: str) -> tuple[TokenRecord, User | None] | None: ...
 
     def token_used(self, token_id: str, now: float) -> None: ...
 
@@ -438,11 +438,13 @@ class AccessPolicy:
         if self.web is None or self.identities is None:
             return Refusal(RefusalReason.IDENTITY, "no web sessions here")
         id_hash = tokens.digest(secret)
-        record = self.web.session(id_hash)
+        held = self.web.session_holder(id_hash)
         now = time.time()
-        if record is None or now > record.expires_at or now - record.last_seen > self.session_idle:
+        if held is None:
             return Refusal(RefusalReason.IDENTITY, "no session, or it expired")
-        user = self.identities.users.get(record.user_name)
+        record, user = held
+        if now > record.expires_at or now - record.last_seen > self.session_idle:
+            return Refusal(RefusalReason.IDENTITY, "no session, or it expired")
         if user is None or user.disabled:
             return Refusal(RefusalReason.IDENTITY, "the session's user is disabled")
         if now - record.last_seen >= min(10.0, self.session_idle / 50):
@@ -471,15 +473,15 @@ class AccessPolicy:
     def _api_token(self, token_id: str, secret: str, address: str) -> Principal | Refusal:
         if self.web is None or self.identities is None:
             return Refusal(RefusalReason.IDENTITY, "no tokens here")
-        record = self.web.token(token_id)
+        held = self.web.token_holder(token_id)
         now = time.time()
-        if record is None or not tokens.same_secret(secret, record.secret_hash):
+        if held is None or not tokens.same_secret(secret, held[0].secret_hash):
             return Refusal(RefusalReason.IDENTITY, "unknown token")
+        record, user = held
         state = record.state(now)
         if state != "active":
             why = "was revoked" if state == "revoked" else "expired"
             return Refusal(RefusalReason.IDENTITY, f"token {token_id} {why}")
-        user = self.identities.users.get(record.user_name)
         if user is None or user.disabled:
             return Refusal(RefusalReason.IDENTITY, "the token's user is disabled")
         # Last use is for `token list`, to the minute: not a write on every request.

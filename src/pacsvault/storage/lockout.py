@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, func, insert, select, text
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, text
 
 from pacsvault.security.audit import Action, Outcome
 from pacsvault.security.identity import Actor
@@ -23,6 +23,13 @@ log = logging.getLogger("pacsvault.lockout")
 
 
 _KEY_LOCK = text("SELECT pg_advisory_xact_lock(:id)")
+# Built once: every authenticated request asks it, and building is most of its cost.
+_LOCKED = (
+    select(func.count())
+    .select_from(s.lockouts)
+    .where(s.lockouts.c.key.in_(bindparam("keys", expanding=True)),
+           s.lockouts.c.until > bindparam("now"))
+)  # fmt: skip
 
 
 def _lock_id(key: str) -> int:
@@ -57,13 +64,8 @@ class Lockout:
 
     def locked(self, *keys: str) -> bool:
         """True when any of *keys* is locked out now."""
-        now = time.time()
         with self.index.engine.connect() as conn:
-            n = conn.scalar(
-                select(func.count())
-                .select_from(s.lockouts)
-                .where(s.lockouts.c.key.in_(keys), s.lockouts.c.until > now)
-            )
+            n = conn.scalar(_LOCKED, {"keys": list(keys), "now": time.time()})
         return bool(n)
 
     def failure(self, *keys: str, reason: str) -> list[str]:

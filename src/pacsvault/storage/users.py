@@ -5,12 +5,31 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pacsvault.security.identity import physician_key
 from pacsvault.security.users import Role, UnknownUser, User, UserError, verify_password
 from pacsvault.storage import schema as s
+
+# Built once: a user is read on every authenticated request.
+_USER = select(s.users).where(s.users.c.name == bindparam("name"))
+_LINKS = (
+    select(s.user_physicians.c.physician)
+    .where(s.user_physicians.c.user_name == bindparam("name"))
+    .order_by(s.user_physicians.c.physician_key)
+)
+
+
+def user_named(conn: Connection, name: str) -> User | None:
+    """The user called *name* with their physician links, read on *conn*; None if none."""
+    row = conn.execute(_USER, {"name": name}).mappings().first()
+    return _user(conn, row) if row else None
+
+
+def _user(conn: Connection, row: Any) -> User:
+    links = conn.execute(_LINKS, {"name": row["name"]}).scalars()
+    return User(row["name"], Role(row["role"]), bool(row["disabled"]), tuple(links))
 
 
 class UserRepository:
@@ -22,32 +41,23 @@ class UserRepository:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _user(self, conn: Connection, row: Any) -> User:
-        links = conn.execute(
-            select(s.user_physicians.c.physician)
-            .where(s.user_physicians.c.user_name == row["name"])
-            .order_by(s.user_physicians.c.physician_key)
-        ).scalars()
-        return User(row["name"], Role(row["role"]), bool(row["disabled"]), tuple(links))
-
     def get(self, name: str) -> User | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(s.users).where(s.users.c.name == name)).mappings().first()
-            return self._user(conn, row) if row else None
+            return user_named(conn, name)
 
     def list(self) -> list[User]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(s.users).order_by(s.users.c.name)).mappings().all()
-            return [self._user(conn, r) for r in rows]
+            return [_user(conn, r) for r in rows]
 
     def authenticate(self, name: str, password: str) -> User | None:
         """The enabled user whose password this is, else None (the same cost either way)."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(s.users).where(s.users.c.name == name)).mappings().first()
+            row = conn.execute(_USER, {"name": name}).mappings().first()
             ok = verify_password(row["password_hash"] if row else None, password)
             if not ok or row is None or row["disabled"]:
                 return None
-            return self._user(conn, row)
+            return _user(conn, row)
 
     def totp_secret(self, name: str) -> str | None:
         """The user's second-factor secret, None when it has none."""

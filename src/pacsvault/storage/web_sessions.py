@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
 
 from pacsvault.security.tokens import SessionRecord, TokenRecord, TokenScope
+from pacsvault.security.users import User
 from pacsvault.storage import schema as s
+from pacsvault.storage.users import user_named
+
+# Built once: a session or token is looked up on every authenticated request.
+_SESSION = select(s.web_sessions).where(s.web_sessions.c.id_hash == bindparam("id_hash"))
+_TOKEN = select(s.api_tokens).where(s.api_tokens.c.id == bindparam("id"))
 
 
 class WebSessionRepository:
@@ -20,13 +27,16 @@ class WebSessionRepository:
     # -- sessions ------------------------------------------------------------------------
 
     def session(self, id_hash: str) -> SessionRecord | None:
-        ws = s.web_sessions
         with self.engine.connect() as conn:
-            row = conn.execute(select(ws).where(ws.c.id_hash == id_hash)).mappings().first()
-        if row is None:
-            return None
-        return SessionRecord(row["user_name"], row["csrf_hash"], row["created_at"],
-                             row["last_seen"], row["expires_at"])  # fmt: skip
+            row = conn.execute(_SESSION, {"id_hash": id_hash}).mappings().first()
+        return _session(row) if row else None
+
+    def session_holder(self, id_hash: str) -> tuple[SessionRecord, User | None] | None:
+        """A session and its user (None when the account is gone), read on one connection:
+        every request of a browser asks for both."""
+        with self.engine.connect() as conn:
+            row = conn.execute(_SESSION, {"id_hash": id_hash}).mappings().first()
+            return (_session(row), user_named(conn, row["user_name"])) if row else None
 
     def create_session(
         self, id_hash: str, user: str, csrf_hash: str, address: str | None, expires_at: float
@@ -62,11 +72,12 @@ class WebSessionRepository:
 
     # -- tokens --------------------------------------------------------------------------
 
-    def token(self, token_id: str) -> TokenRecord | None:
-        t = s.api_tokens
+    def token_holder(self, token_id: str) -> tuple[TokenRecord, User | None] | None:
+        """A token and its user (None when the account is gone), read on one connection:
+        every request of a program asks for both."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(t).where(t.c.id == token_id)).mappings().first()
-        return _token(row) if row else None
+            row = conn.execute(_TOKEN, {"id": token_id}).mappings().first()
+            return (_token(row), user_named(conn, row["user_name"])) if row else None
 
     def tokens(self, user: str | None = None) -> list[TokenRecord]:
         t = s.api_tokens
@@ -105,6 +116,11 @@ class WebSessionRepository:
             .values(revoked_at=time.time())
         )
         return bool(conn.execute(stmt).rowcount)
+
+
+def _session(row: Any) -> SessionRecord:
+    return SessionRecord(row["user_name"], row["csrf_hash"], row["created_at"],
+                         row["last_seen"], row["expires_at"])  # fmt: skip
 
 
 def _token(row: object) -> TokenRecord:

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from starlette.datastructures import QueryParams
 
 from pacsvault.dicom.part10 import NotDicom
@@ -297,7 +297,7 @@ def _served(syntax: str, encapsulated: bool) -> str:
 
 def frames_response(
     read: Read, header: Header, image: ImagePixel, frames: list[Frame], offer: Offer
-) -> StreamingResponse:
+) -> Response:
     """The frames, one part each, streamed; the retrieve's end is recorded when done."""
     boundary = secrets.token_hex(16)
     head = f"--{boundary}\r\nContent-Type: {offer.content_type}\r\n\r\n".encode()
@@ -395,7 +395,7 @@ def is_bulk(element: Element) -> bool:
     return element.vr in wado._BULK_VRS and size > wado.BULK_THRESHOLD
 
 
-def _bulk_response(read: Read, header: Header, element: Element) -> StreamingResponse:
+def _bulk_response(read: Read, header: Header, element: Element) -> Response:
     """One element's value as the one part of a multipart response, streamed."""
     boundary = secrets.token_hex(16)
 
@@ -724,7 +724,7 @@ def _has_pixels(read: Read) -> bool:
         return read_header(reader).pixel_data is not None
 
 
-def uri_object(read: Read, syntax: str) -> StreamingResponse:
+def uri_object(read: Read, syntax: str) -> Response:
     """The stored object as ``application/dicom``, streamed (converted only when a
     transfer syntax is asked that it is not in, as WADO-RS does)."""
     with read.failing():

@@ -13,7 +13,7 @@ from itertools import islice
 from typing import Any
 
 from fastapi import HTTPException, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response
 
 from pacsvault.dicom.attributes import ATTRIBUTES, BY_KEYWORD, BY_TAG, IndexAttribute, Level
 from pacsvault.dicom.json_model import element, row_json
@@ -172,7 +172,7 @@ def _stream(rows: list[Any], search: Search, base: str) -> Iterator[bytes]:
     yield b"]"
 
 
-def answer(found: Iterator[Any], search: Search, base: str) -> StreamingResponse:
+def answer(found: Iterator[Any], search: Search, base: str) -> Response:
     """The response to a search whose rows (asked with limit + 1) are *found*."""
     try:
         rows = list(islice(found, search.limit + 1))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import HTTPException
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 
@@ -156,7 +156,7 @@ def instance_parts(
     principal: Principal,
     instances: list[StoredInstance],
     wanted: str,
-) -> StreamingResponse:
+) -> Response:
     """A multipart/related response of the instances' Part-10 objects, streamed."""
     plan = [(inst, *_part_syntax(inst, wanted)) for inst in instances]
     boundary = secrets.token_hex(16)
