@@ -136,6 +136,45 @@ def test_oversized_requests_are_refused(site) -> None:
     assert r.status_code == 413
 
 
+def test_a_head_that_never_ends_is_refused_before_it_grows(site) -> None:
+    """The HTTP parser buffers an unfinished header; the listener stops reading one at
+    the head limit (16 KiB by default) with 431 and closes, and goes on serving."""
+    server, users, _ = site
+    ctx = ssl.create_default_context(cafile=str(server.data / "tls" / "ca.crt"))
+    with (
+        socket.create_connection(("127.0.0.1", server.https_port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"GET /dicom-web/studies HTTP/1.1\r\nHost: localhost\r\nX-Big: ")
+        answer = b""
+        try:
+            for _ in range(64):  # 1 MiB at most, never a line end
+                tls.sendall(b"x" * 16384)
+        except OSError:
+            pass  # closed on us: what should happen
+        try:
+            while chunk := tls.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+    assert b"larger than 16384 bytes" in answer
+    # pipelined requests still work, and the listener serves the next connection
+    with (
+        socket.create_connection(("127.0.0.1", server.https_port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n" * 2)
+        got = b""
+        while got.count(b"HTTP/1.1 200 ") < 2:
+            chunk = tls.recv(65536)
+            assert chunk, got
+            got += chunk
+    r = http(server, users["tokens"]["admin"]).get(url(server, "/dicom-web/studies"),
+                                                  headers={"X-Fits": "y" * 8000})  # fmt: skip
+    assert r.status_code == 200
+
+
 # -- sessions ----------------------------------------------------------------------------------
 
 

@@ -25,11 +25,10 @@ log = logging.getLogger("pacsvault.lockout")
 _KEY_LOCK = text("SELECT pg_advisory_xact_lock(:id)")
 # Built once: every authenticated request asks it, and building is most of its cost.
 _LOCKED = (
-    select(func.count())
-    .select_from(s.lockouts)
-    .where(s.lockouts.c.key.in_(bindparam("keys", expanding=True)),
-           s.lockouts.c.until > bindparam("now"))
-)  # fmt: skip
+    select(s.lockouts.c.key)
+    .where(s.lockouts.c.key == bindparam("key"), s.lockouts.c.until > bindparam("now"))
+    .limit(1)
+)
 
 
 def _lock_id(key: str) -> int:
@@ -64,9 +63,9 @@ class Lockout:
 
     def locked(self, *keys: str) -> bool:
         """True when any of *keys* is locked out now."""
+        now = time.time()
         with self.index.engine.connect() as conn:
-            n = conn.scalar(_LOCKED, {"keys": list(keys), "now": time.time()})
-        return bool(n)
+            return any(conn.scalar(_LOCKED, {"key": key, "now": now}) for key in keys)
 
     def failure(self, *keys: str, reason: str) -> list[str]:
         """Count one failure for each key; returns the keys this failure locked out."""

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from pacsvault.site import Site
 from pacsvault.web.app import create_app
+from pacsvault.web.http_protocol import bounded_protocol
 
 log = logging.getLogger("pacsvault.web")
 
@@ -86,15 +87,14 @@ class WebServer:
         return uvicorn.Config(
             app,  # type: ignore[arg-type]
             log_config=None,
-            # h11: its incomplete-event limit bounds a request's headers before parsing.
-            http="h11",
+            # httptools, with the head bounded before parsing (see web.http_protocol).
+            http=bounded_protocol(web.max_header_bytes),
             loop="auto",  # uvloop when installed (a dependency on POSIX), else asyncio
             access_log=False,
             server_header=False,
             # X-Forwarded-For only from the configured proxies, never from anyone else.
             proxy_headers=bool(web.trusted_proxies),
             forwarded_allow_ips=list(web.trusted_proxies) or None,
-            h11_max_incomplete_event_size=web.max_header_bytes,
             timeout_keep_alive=30,
             timeout_graceful_shutdown=5,
             **tls,  # type: ignore[arg-type]
