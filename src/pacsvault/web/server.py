@@ -89,6 +89,7 @@ class WebServer:
             log_config=None,
             # httptools, with the head bounded before parsing (see web.http_protocol).
             http=bounded_protocol(web.max_header_bytes),
+            ws="none",  # no route speaks WebSocket: an Upgrade stays a plain request
             loop="auto",  # uvloop when installed (a dependency on POSIX), else asyncio
             access_log=False,
             server_header=False,
