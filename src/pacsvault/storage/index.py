@@ -210,6 +210,11 @@ def open_engine(url: str) -> Engine:
     )
 
 
+def _plain_exact(attr: IndexAttribute, cond: Condition) -> bool:
+    """True when *cond* is an exact match on *attr*'s own column (a UID, an ID)."""
+    return isinstance(cond, Exact) and not cond.fold and attr.kind is not Kind.CODES
+
+
 def _with_folds(values: Mapping[str, str | None], level: Level) -> dict[str, str | None]:
     row = dict(values)
     for attr in ATTRIBUTES[level]:
@@ -399,6 +404,9 @@ class Index:
         self.url = url
         self.engine = open_engine(url)
         self._instances_stmt: Select | None = None
+        # Retrieves by exact UIDs (every WADO-RS, C-GET and C-MOVE): statements built
+        # once per level and attributes, with the values bound (see instances_for).
+        self._exact_stmts: dict[tuple[Level, tuple[str, ...]], Select] = {}
 
     def create(self) -> None:
         """Make the schema current: create it in an empty database, or upgrade an older one.
@@ -801,16 +809,33 @@ class Index:
     ) -> list[StoredInstance]:
         """Every stored instance within *scope* under the entities of *level* matching the
         conditions."""
-        stmt = self._instance_select()
-        for attr, cond in conditions:
-            if attr.level.depth <= level.depth:
-                stmt = stmt.where(self._clause(attr, cond, level))
+        used = [(a, c) for a, c in conditions if a.level.depth <= level.depth]
         visible = self._scope_clause(scope, Level.IMAGE)
-        if visible is not None:
-            stmt = stmt.where(visible)
-        stmt = stmt.order_by(s.instances.c.pk)
+        if visible is None and used and all(_plain_exact(a, c) for a, c in used):
+            stmt, params = self._exact_select(level, used)
+        else:
+            stmt, params = self._instance_select(), {}
+            for attr, cond in used:
+                stmt = stmt.where(self._clause(attr, cond, level))
+            if visible is not None:
+                stmt = stmt.where(visible)
+            stmt = stmt.order_by(s.instances.c.pk)
         with self.engine.connect() as conn:
-            return [_stored(r) for r in conn.execute(stmt).mappings()]
+            return [_stored(r) for r in conn.execute(stmt, params).mappings()]
+
+    def _exact_select(
+        self, level: Level, used: list[tuple[IndexAttribute, Condition]]
+    ) -> tuple[Select, dict[str, str]]:
+        """The instances statement for exact values of *used*, built once, and its values."""
+        key = (level, tuple(attr.keyword for attr, _cond in used))
+        stmt = self._exact_stmts.get(key)
+        if stmt is None:
+            stmt = self._instance_select()
+            for n, (attr, _cond) in enumerate(used):
+                stmt = stmt.where(_table_for(attr, level).c[attr.column] == bindparam(f"v{n}"))
+            stmt = self._exact_stmts.setdefault(key, stmt.order_by(s.instances.c.pk))
+        values = [cond.value for _attr, cond in used if isinstance(cond, Exact)]
+        return stmt, {f"v{n}": value for n, value in enumerate(values)}
 
     def statistics(self) -> dict[str, int]:
         """Counts of patients, studies, series, instances and stored bytes."""
