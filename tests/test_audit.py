@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import sqlite3
@@ -228,6 +229,8 @@ class SyslogReceiver:
         self.port = self.sock.getsockname()[1]
         self.messages: list[str] = []
         self._stop = False
+        self._conns: list[ssl.SSLSocket] = []
+        self._readers: list[threading.Thread] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -240,13 +243,16 @@ class SyslogReceiver:
                 continue
             except OSError:
                 return
-            threading.Thread(target=self._read, args=(raw,), daemon=True).start()
+            reader = threading.Thread(target=self._read, args=(raw,), daemon=True)
+            self._readers.append(reader)
+            reader.start()
 
     def _read(self, raw: socket.socket) -> None:
         try:
             conn = self.ctx.wrap_socket(raw, server_side=True)
         except (ssl.SSLError, OSError):
             return
+        self._conns.append(conn)
         buf = b""
         conn.settimeout(0.5)
         while not self._stop:
@@ -268,9 +274,16 @@ class SyslogReceiver:
         conn.close()
 
     def stop(self) -> None:
+        """Go away as a collector that dies does: its connections close now (a reader
+        that kept one open past this would receive what the outage should not)."""
         self._stop = True
         self.sock.close()
         self.thread.join()
+        for conn in list(self._conns):
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for reader in self._readers:
+            reader.join(timeout=5)
 
 
 def audit_messages(receiver: SyslogReceiver) -> list[str]:
