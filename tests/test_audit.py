@@ -14,7 +14,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from conftest import CLIENT_AET, SERVER_AET, IndexDB, cli, dcmtk
+from conftest import CLIENT_AET, SERVER_AET, IndexDB, add_echo_peers, cli, dcmtk
 from pacsvault.security.audit import record_hash
 from pacsvault.security.tls import LocalCA
 
@@ -25,19 +25,7 @@ def trail(any_data_dir: Path) -> Path:
     its index in SQLite, then PostgreSQL."""
     data_dir = any_data_dir
     cli(data_dir, "demo", "--patients", "2")
-    for n in range(3):
-        cli(
-            data_dir,
-            "peer",
-            "add",
-            f"p{n}",
-            "--aet",
-            f"P{n}",
-            "--host",
-            "10.0.0.1",
-            "--allow",
-            "echo",
-        )
+    add_echo_peers(data_dir, 3)
     return data_dir
 
 

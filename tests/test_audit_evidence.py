@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLIENT_AET, SERVER_AET, IndexDB, cli, dcmtk
+from conftest import CLIENT_AET, SERVER_AET, IndexDB, add_echo_peers, cli, dcmtk
 from pacsvault.security.audit import checkpoint_statement, record_hash
 from pacsvault.security.audit_keys import AuditSigner
 from pacsvault.security.tls import LocalCA
@@ -52,9 +52,7 @@ def trail(any_data_dir: Path) -> Path:
     data_dir = any_data_dir
     set_checkpoint_every(data_dir, 5)
     cli(data_dir, "demo", "--patients", "2")
-    for n in range(4):
-        cli(data_dir, "peer", "add", f"p{n}", "--aet", f"P{n}", "--host", "10.0.0.1",
-            "--allow", "echo")  # fmt: skip
+    add_echo_peers(data_dir, 4)
     return data_dir
 
 
