@@ -24,6 +24,8 @@ import requests
 from pydicom.dataset import Dataset
 
 from pacsvault.dicom.synthetic import Spec, data_set
+from pacsvault.security.peers import new_peer, parse_services
+from pacsvault.site import open_site
 from pg_server import pg_server_fixture, pg_url_fixture  # noqa: F401 (fixtures)
 from pynetdicom_fix import install as install_pynetdicom_fix
 
@@ -418,9 +420,6 @@ def add_echo_peers(data: Path, count: int) -> None:
     """Register peers ``p0``... (AE ``P0``..., 10.0.0.1, echo only) as ``peer add`` does,
     through the same service call in one process: a trail of peer changes without a
     command line's start-up (~1 s) per peer."""
-    from pacsvault.security.peers import new_peer, parse_services
-    from pacsvault.site import open_site
-
     with open_site(data) as site:
         for n in range(count):
             peer = new_peer(f"p{n}", f"P{n}", "10.0.0.1", None, parse_services("echo"))
