@@ -9,6 +9,7 @@ what was actually sent, when it ends.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import secrets
@@ -34,7 +35,7 @@ from pacsvault.dicom.transcode import (
 from pacsvault.security.identity import Principal
 from pacsvault.storage.archive import Archive
 from pacsvault.storage.index import StoredInstance
-from pacsvault.web.streams import streamed
+from pacsvault.web.streams import WRITE_SIZE, Piece, Pieces, streamed
 
 log = logging.getLogger("pacsvault.web")
 
@@ -151,41 +152,74 @@ def _part_syntax(inst: StoredInstance, wanted: str) -> tuple[str, bool]:
     raise HTTPException(406, f"cannot provide transfer syntax {wanted[:64]}")
 
 
+class PartUnreadable(Exception):
+    """A stored object could not be read while its answer, of announced length, was
+    being sent: the answer is cut short (or, before its first byte, is a 500)."""
+
+
 def instance_parts(
     archive: Archive,
     principal: Principal,
     instances: list[StoredInstance],
     wanted: str,
 ) -> Response:
-    """A multipart/related response of the instances' Part-10 objects, streamed."""
+    """A multipart/related response of the instances' Part-10 objects, streamed.
+
+    Sent as stored, each object is read straight into the answer's pieces and the
+    answer's length is announced (from the index's sizes): an object that cannot be
+    read then cuts it short, which any client detects. Converted, an object that
+    cannot be converted is left out (and counted as failed) and the answer is chunked.
+    """
     plan = [(inst, *_part_syntax(inst, wanted)) for inst in instances]
     boundary = secrets.token_hex(16)
+    heads = [(f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax="
+              f"{syntax}\r\n\r\n").encode() for _, syntax, _ in plan]  # fmt: skip
+    closing = f"--{boundary}--\r\n".encode()
+    as_stored = not any(convert for _, _, convert in plan)
 
-    def body() -> Iterator[bytes]:
+    length = None
+    if as_stored:
+        parts = zip(heads, plan, strict=True)
+        length = sum(len(head) + inst.size + 2 for head, (inst, _, _) in parts) + len(closing)
+
+    def body() -> Iterator[Piece]:
         sent: dict[tuple[str, str], list[int]] = {}
+        out = Pieces(min(length, WRITE_SIZE) if length else WRITE_SIZE)
         try:
-            for inst, syntax, convert in plan:
+            for (inst, syntax, convert), head in zip(plan, heads, strict=True):
                 slot = sent.setdefault((inst.study_instance_uid, inst.patient_id), [0, 0, 0])
-                head = (f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax="
-                        f"{syntax}\r\n\r\n").encode()  # fmt: skip
-                try:
-                    chunks = _object(archive, principal, inst, syntax if convert else None)
-                    first = next(chunks)
-                except (OSError, TranscodeError, ValueError) as exc:
-                    log.error("stored object could not be sent: %s", type(exc).__name__)
-                    slot[1] += 1
-                    continue
-                yield head + first
-                yield from chunks
-                yield b"\r\n"
+                if as_stored:
+                    try:
+                        with archive.open(principal, inst) as f:
+                            yield from out.add(head)
+                            yield from out.read(f, inst.size)
+                    except (OSError, EOFError) as exc:
+                        log.error("stored object could not be sent: %s", type(exc).__name__)
+                        slot[1] += 1
+                        raise PartUnreadable from None  # no file name in what is raised
+                else:
+                    try:
+                        chunks = _object(archive, principal, inst, syntax if convert else None)
+                        first = next(chunks)
+                    except (OSError, TranscodeError, ValueError) as exc:
+                        log.error("stored object could not be sent: %s", type(exc).__name__)
+                        slot[1] += 1
+                        continue
+                    for chunk in itertools.chain((head, first), chunks):
+                        yield from out.add(chunk)
+                yield from out.add(b"\r\n")
                 slot[0] += 1
-            yield f"--{boundary}--\r\n".encode()
+            yield from out.add(closing)
+            yield from out.rest()
         finally:
             outcome = {k: (c, f, w) for k, (c, f, w) in sent.items()}
             archive.retrieved(principal, outcome)
 
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    return streamed(body(), media)
+    try:
+        return streamed(body(), media, length=length)
+    except PartUnreadable:
+        raise HTTPException(500, "a stored object cannot be read") from None
 
 
 def _object(
