@@ -65,6 +65,7 @@ from pacsvault.storage.archive import Archive
 from pacsvault.storage.index import StoredInstance
 from pacsvault.web.deps import DICOMWEB, Caller, require, site_of
 from pacsvault.web.dicomweb import wado
+from pacsvault.web.dicomweb.headers import HeaderCache, Parsed
 from pacsvault.web.dicomweb.qido import check_uid
 from pacsvault.web.streams import streamed
 
@@ -181,23 +182,19 @@ def start_read(
     return Read(site.archive, who, found, found[0], site.settings.storage.max_object_size)
 
 
-def read_image(read: Read) -> tuple[Header, ImagePixel]:
-    """The header and image description of the instance read; 404 without pixel data."""
-    with read.reader() as reader:
-        header = read_header(reader)
-    if header.pixel_data is None:
-        raise HTTPException(404, "the instance has no pixel data")
-    return header, ImagePixel.of(header.dataset)
+#: Parsed headers of the objects read last, shared by every site this process serves
+#: (keyed by content: blob key and digest).
+HEADERS = HeaderCache()
 
 
-def where_frames(read: Read, header: Header, image: ImagePixel, numbers: list[int]) -> list[Frame]:
-    """Where the frames *numbers* are (in that order)."""
-    assert header.pixel_data is not None
-    if not header.encapsulated:
-        return [native_frame(image, header.pixel_data, n) for n in numbers]
-    with read.reader() as reader:
-        every = encapsulated_frames(reader, header, image.frames)
-    return [every[n - 1] for n in numbers]
+def parsed(read: Read) -> Parsed:
+    """The parsed header of the instance read (kept for the objects read last)."""
+
+    def parse() -> Parsed:
+        with read.reader() as reader:
+            return Parsed(read_header(reader))
+
+    return HEADERS.get((read.inst.blob_key, read.inst.sha256), parse)
 
 
 # -- frames -------------------------------------------------------------------------------------
@@ -340,11 +337,14 @@ def retrieve_frames(
     ranges = wado.parse_accept(request.headers.get("accept"))
     read = start_read(request, who, study, series, instance)
     with read.failing():
-        header, image = read_image(read)
-        check_frames(numbers, image)
+        found = parsed(read)
+        header = found.header
+        if header.pixel_data is None:
+            raise HTTPException(404, "the instance has no pixel data")
+        check_frames(numbers, found.image)
         offer = frame_offer(ranges, str(header.transfer_syntax), header.encapsulated)
-        where = where_frames(read, header, image, numbers)
-    return frames_response(read, header, image, where, offer)
+        where = found.frames(read.reader, numbers)
+    return frames_response(read, header, found.image, where, offer)
 
 
 # -- bulk data ------------------------------------------------------------------------------
@@ -372,15 +372,15 @@ def retrieve_bulk(
     ranges = wado.parse_accept(request.headers.get("accept"))
     read = start_read(request, who, study, series, instance)
     with read.failing():
-        with read.reader() as reader:
-            header = read_header(reader)
+        found = parsed(read)
+        header = found.header
         element = top_level_element(header, number)
         if element is None or not is_bulk(element):
             raise HTTPException(404, f"the instance has no bulk data {tag.upper()}")
         if number == PIXEL_DATA and header.encapsulated:
-            image = ImagePixel.of(header.dataset)
+            image = found.image
             offer = frame_offer(ranges, str(header.transfer_syntax), True)
-            where = where_frames(read, header, image, list(range(1, image.frames + 1)))
+            where = found.frames(read.reader, list(range(1, image.frames + 1)))
             return frames_response(read, header, image, where, offer)
         bulk_offer(ranges)
     return _bulk_response(read, header, element)
