@@ -136,6 +136,19 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time used so far by *pids* and their descendants, in seconds
+    (/proc counts in ticks of 10 ms: compare sums or means over many requests)."""
+    ticks = 0
+    for pid in (p for root in pids for p in process_tree(root)):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid: int) -> float:
     """Peak resident set size (VmHWM) of a running server, in MiB: the sum over *pid*
     and its descendants (an upper bound of the tree's peak: pages shared between the

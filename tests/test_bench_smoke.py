@@ -60,6 +60,7 @@ def test_bench_web_smallest_case(tmp_path: Path) -> None:
     # Orthanc behind HAProxy (make debs installs it) was timed too.
     proxied = r"\| WADO-RS one CT instance \| Orthanc behind HAProxy \| [\d.,]+ \|"
     assert re.search(proxied, out), out
+    assert re.search(r"\| WADO-RS one CT instance \| [\d.,]+ / [\d.,]+ ms \|", out), out  # CPU
 
 
 def test_bench_lookup_smallest_case(tmp_path: Path) -> None:
