@@ -44,7 +44,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 import conftest
-from conftest import Server, cli, free_port
+from conftest import Server, add_user, cli, free_port
 from pacsvault.dicom.part10 import split_part10
 from pacsvault.dicom.pixels import decoder_available
 from pacsvault.dicom.synthetic import Phantom, Spec, data_set
@@ -196,11 +196,6 @@ def _paging_studies(tmp: Path) -> None:
         _save(ds, tmp / "paging" / f"{n:04d}.dcm")
 
 
-def _add_user(data: Path, name: str, role: str) -> str:
-    out = cli(data, "user", "add", name, "--role", role).stdout
-    return out.split("(shown once): ")[1].strip()
-
-
 def _generate(tmp: Path) -> tuple[str, list[str], list[Path], dict[str, tuple[str, str, Path]]]:
     """Write the phantom study (two series), the referred study and the real-world files."""
     today = date.today().strftime("%Y%m%d")
@@ -240,8 +235,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         toml = data / "pacsvault.toml"
         toml.write_text(toml.read_text().replace("fsync = true", "fsync = false"))
         imported = pool.submit(cli, data, "import", str(tmp / "files"))
-        users = {role: pool.submit(_add_user, data, role, role) for role in roles}
-        passwords = {role: future.result() for role, future in users.items()}
+        passwords = {role: add_user(data, role, role) for role in roles}  # while it imports
         cli(data, "user", "link", "referrer", "--physician", PHYSICIAN)
         assert "refused: 0" in imported.result().stdout
     server = Server(data, free_port(), tmp / "server.log")
@@ -895,7 +889,7 @@ def short_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShortSite]:
         ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
         _save(ds, tmp / "files" / f"{n}.dcm")
     cli(data, "import", str(tmp / "files"))
-    passwords = {name: _add_user(data, name, "radiologist") for name in ("idle", "twofa")}
+    passwords = {name: add_user(data, name, "radiologist") for name in ("idle", "twofa")}
     out = cli(data, "user", "totp", "twofa").stdout
     secret = re.search(r"secret: (\w+)", out).group(1)  # type: ignore[union-attr]
     server = Server(data, free_port(), tmp / "server.log")

@@ -31,7 +31,7 @@ from pydicom.pixels import pack_bits
 from pydicom.pixels.processing import apply_color_lut
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from conftest import SERVER_AET, Server, cli, free_port
+from conftest import SERVER_AET, Server, add_user, api_token, cli, free_port
 from pacsvault.dicom import pixels as px
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -171,8 +171,8 @@ class Site:
 
 
 def _token(data: Path, user: str, role: str) -> str:
-    cli(data, "user", "add", user, "--role", role)
-    return cli(data, "token", "create", "--user", user, "--scope", "read").stdout.splitlines()[-1]
+    add_user(data, user, role)
+    return api_token(data, user, "read")
 
 
 @pytest.fixture(scope="module")
