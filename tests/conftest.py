@@ -427,12 +427,11 @@ def add_echo_peers(data: Path, count: int) -> None:
             site.admin.add_peer(site.operator(), peer)
 
 
-def api_token(data: Path, user: str, scope: str = "read", expires: float | None = None) -> str:
-    """A new API token (valid *expires* seconds; None: until revoked) as ``token create``
-    makes it, through the same service call in this process."""
-    until = time.time() + expires if expires is not None else None
+def api_token(data: Path, user: str, scope: str = "read") -> str:
+    """A new API token, valid until revoked, as ``token create`` makes it, through the
+    same service call in this process."""
     with open_site(data) as site:
-        return site.admin.create_token(site.operator(), user, scope, until).text
+        return site.admin.create_token(site.operator(), user, scope, None).text
 
 
 def web_login(server: Server, name: str, password: str, code: str = "") -> requests.Session | None:
